@@ -1,0 +1,459 @@
+"""The `cachefs` command.
+
+Exit codes, for shell scripts to branch on: 0 ok; 1 "not there" where a command asks whether
+something is there (a miss); 2 an operational error (bad flag, store unreachable, mount failed).
+A user mistake is reported as one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import FIELDS, Config, load
+from .errors import CacheFSError, ConfigError
+
+OK, MISS, FAIL = 0, 1, 2
+
+
+class Failure(Exception):
+    """A one-line error for the user, with an exit code."""
+
+    def __init__(self, message: str, code: int = FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _help(text: str) -> str:
+    return textwrap.dedent(text).strip() + "\n"
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def _config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    for field in FIELDS:
+        if field.name not in names:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.parse.__name__ == "parse_bool":
+            parser.add_argument(flag, action="store_const", const=True, default=None,
+                                help=field.help)
+        elif field.parse.__name__ == "parse_list":
+            parser.add_argument(flag, action="append", default=None, metavar="VALUE",
+                                help=field.help + " (repeatable)")
+        else:
+            parser.add_argument(flag, default=None, metavar=field.name.upper(), help=field.help)
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: ~/.config/cachefs/config.toml)")
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    flags = {f.name: getattr(args, f.name, None) for f in FIELDS}
+    return load(flags, config_file=getattr(args, "config", None))
+
+
+def _mount_control(mountpoint: str, name: str) -> Any:
+    path = Path(mountpoint).absolute()
+    try:
+        raw = os.getxattr(path, "user.cachefs." + name)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP):
+            raise Failure(f"{path} is not a cachefs mount") from None
+        raise Failure(f"{path}: {e.strerror}") from None
+    text = raw.decode()
+    with contextlib.suppress(ValueError):
+        return json.loads(text)
+    return text
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# -- mount / umount -------------------------------------------------------------------------
+
+
+def _daemon_argv(config: Config, mountpoint: str) -> list[str]:
+    argv = [sys.executable, "-m", "cachefs", "mount", "--foreground"]
+    for field in FIELDS:
+        value = getattr(config, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if value is None or value == [] or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return [*argv, mountpoint]
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    from . import daemon
+
+    if args.foreground:
+        daemon.setup_logging(config.log_level)
+        return daemon.run(config, args.mountpoint, ready_fd=args.ready_fd)
+    mountpoint = str(Path(args.mountpoint).absolute())
+    cache_dir = Path(config.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = cache_dir / "cachefs.log"
+    read_end, write_end = os.pipe()
+    with open(log_path, "ab") as log_file:
+        os.chmod(log_path, 0o600)
+        proc = subprocess.Popen(
+            [*_daemon_argv(config, mountpoint)[:-1], "--ready-fd", str(write_end), mountpoint],
+            pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=True, cwd="/")
+    os.close(write_end)
+    message = _read_line(read_end, timeout=120)
+    os.close(read_end)
+    if message == "ok" and daemon.wait_mounted(Path(mountpoint), proc.pid):
+        print(f"cachefs: mounted {config.store} at {mountpoint} (pid {proc.pid}, "
+              f"log {log_path})")
+        return OK
+    if message.startswith("error: "):
+        raise Failure(message[len("error: "):])
+    proc.poll()
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+    raise Failure("the mount daemon exited before the mount answered" +
+                  (": " + " | ".join(tail) if tail else f" (see {log_path})"))
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    if not os.path.ismount(mountpoint):
+        raise Failure(f"{mountpoint} is not mounted")
+    pid = int(_mount_control(str(mountpoint), "pid"))
+    report: dict[str, Any] = {}
+    if not args.no_sync:
+        report = _mount_control(str(mountpoint), "sync")
+    command = ["fusermount3", "-u", *(["-z"] if args.lazy else []), str(mountpoint)]
+    if shutil.which("fusermount3") is None:
+        command = ["umount", *(["-l"] if args.lazy else []), str(mountpoint)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip() or f"{command[0]} failed"
+        raise Failure(f"cannot unmount {mountpoint}: {reason}"
+                      + (" (close what uses it, or use --lazy)" if "busy" in reason else ""))
+    deadline = time.monotonic() + args.timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise Failure(f"unmounted, but the daemon (pid {pid}) is still finishing after "
+                          f"{args.timeout:g}s; its log says why")
+        time.sleep(0.05)
+    failed = report.get("failed") or []
+    if failed:
+        raise Failure(f"unmounted, but {len(failed)} change(s) are not in the store yet: they "
+                      "are kept in the cache dir and resume at the next mount that uses it")
+    print(f"cachefs: unmounted {mountpoint}")
+    return OK
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# -- talking to a running mount -------------------------------------------------------------
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    report = _mount_control(args.mountpoint, "sync")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    failed = report.get("failed") or []
+    for op in failed:
+        print(f"cachefs: not stored: {op['op']} {op['key']}: {op['error']}", file=sys.stderr)
+    if failed or report.get("manifest_error"):
+        return FAIL
+    if not args.json:
+        print("cachefs: everything written is in the store")
+    return OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _mount_control(args.mountpoint, "status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return OK
+    pending = status.get("pending", [])
+    if not pending:
+        print("nothing pending: everything written is in the store")
+    for op in pending:
+        err = f"  (failed {op['attempts']}x: {op['error']})" if op["error"] else ""
+        print(f"{op['op']:6} {op['key']}  {_human(op['size'])}  {op['age']:.0f}s{err}")
+    return OK
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    counters = stats.get("counters", {})
+    cache = stats.get("cache", {})
+    print(f"store      {stats.get('store')}  {'(OFFLINE)' if stats.get('offline') else ''}")
+    print(f"cache      {_human(cache.get('bytes', 0))} of {_human(cache.get('capacity', 0))} "
+          f"in {cache.get('blobs', 0)} blobs, {cache.get('evictions', 0)} evicted")
+    print(f"hits       local {counters.get('hits_local', 0)}  "
+          f"store {counters.get('hits_store', 0)}  origin {counters.get('origin_misses', 0)}")
+    print(f"bytes      from store {_human(counters.get('bytes_from_store', 0))}  "
+          f"from origin {_human(counters.get('bytes_from_origin', 0))}  "
+          f"to store {_human(counters.get('bytes_to_store', 0))}")
+    print(f"pending    {stats.get('pending_uploads', 0)} upload(s), "
+          f"{stats.get('fetches_in_flight', 0)} fetch(es) in flight")
+    for item in stats.get("in_flight", []):
+        pct = 100 * item["done"] / item["total"] if item["total"] else 100
+        print(f"  {item['what']:7} {item['key']}  {pct:5.1f}% of {_human(item['total'])}")
+    errors = stats.get("errors", {})
+    if errors:
+        print("errors     " + "  ".join(f"{k} {v}" for k, v in errors.items()))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    while True:
+        stats = _mount_control(args.mountpoint, "stats")
+        if args.json:
+            print(json.dumps(stats, indent=2 if not args.watch else None), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[J", end="")
+            _print_stats(stats)
+        if not args.watch:
+            return OK
+        time.sleep(args.interval)
+
+
+# -- commands without a mount ---------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(_load_config(args))
+
+
+def hash_paths(paths: Sequence[str]) -> str:
+    """SHA-256 over the contents of files; directories walked in sorted relative-path order."""
+    sha = hashlib.sha256()
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(
+                (p for p in path.rglob("*") if p.is_file()),
+                key=lambda p: p.relative_to(path).as_posix())
+        elif path.is_file():
+            files = [path]
+        else:
+            raise Failure(f"cannot hash {text}: no such file or directory")
+        for f in files:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    sha.update(chunk)
+    return sha.hexdigest()
+
+
+def apply_template(template: str, digest: str) -> str:
+    if "{hash}" in template:
+        return template.replace("{hash}", digest)
+    head, _, base = template.rpartition("/")
+    dot = base.find(".", 1)
+    stem, ext = (base, "") if dot < 0 else (base[:dot], base[dot:])
+    return (head + "/" if head else "") + f"{stem}-{digest}{ext}"
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    if args.hash_length < 1 or args.hash_length > 64:
+        raise Failure("--hash-length must be between 1 and 64")
+    digest = hash_paths(args.hash_from)[: args.hash_length]
+    print(apply_template(args.template, digest))
+    return OK
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+MOUNT_FIELDS = [f.name for f in FIELDS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cachefs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_help("""
+            A read-through cache filesystem over S3 for CI machines: the keys of a bucket
+            appear as files, fetched on first read into a verified local cache, and files
+            written into the mount go back to the bucket when they are closed."""),
+        epilog=_help("""
+            examples:
+              cachefs mount ~/cache                       # local store, no S3 needed
+              cachefs mount --store s3://ci-cache/proj --endpoint http://127.0.0.1:8333 /cache
+              cp -r /cache/node/abcd ./node_modules
+              cachefs umount /cache
+
+            exit codes: 0 ok, 1 not found / miss, 2 error.
+            settings come from flags, then CACHEFS_<SETTING> variables, then
+            ~/.config/cachefs/config.toml; see `cachefs mount --help`."""))
+    parser.add_argument("--version", action="version", version=f"cachefs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], summary: str,
+                epilog: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=summary,
+                           epilog=_help(epilog),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("mount", cmd_mount, "mount a store at MOUNTPOINT", """
+        examples:
+          cachefs mount ~/cache
+              the embedded default: a store in ~/.local/share/cachefs/store, no S3 needed
+          cachefs mount --store s3://ci-cache/myproj --endpoint http://127.0.0.1:8333 /cache
+              keys under myproj/ in bucket ci-cache appear under /cache
+          CACHEFS_S3_KEY_ID=... CACHEFS_S3_SECRET=... cachefs mount --read-only /cache
+          cachefs mount --writeback async --cache-size 20G /cache
+
+        Without --foreground the command returns once the mount answers; the daemon keeps
+        running and logs to CACHE_DIR/cachefs.log. It exits 2 with one line saying why if
+        the mount cannot be made (no /dev/fuse, mount point missing or busy, bad credentials,
+        missing bucket).""")
+    _config_flags(p, MOUNT_FIELDS)
+    p.add_argument("--foreground", "-f", action="store_true",
+                   help="stay in the foreground and log to stderr")
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    p = command("umount", cmd_umount, "unmount, after everything written is in the store", """
+        examples:
+          cachefs umount /cache
+          cachefs umount --lazy /cache     # detach now even if something still uses it
+
+        Waits until pending uploads are in the store and the daemon has exited. Changes
+        that cannot be stored stay in the cache dir and resume at the next mount.""")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--lazy", action="store_true", help="detach even if the mount is busy")
+    p.add_argument("--no-sync", action="store_true",
+                   help="do not wait for pending uploads first (they resume next mount)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for the daemon to exit (default 300)")
+
+    p = command("sync", cmd_sync, "wait until everything written is in the store", """
+        examples:
+          cachefs sync /cache && echo "saved"
+
+        Exit 0 once every closed file, rename and delete is in the store; 2 if some kept
+        failing (they stay queued and are retried).""")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command("status", cmd_status, "show changes not yet in the store", """
+        examples:
+          cachefs status /cache
+          cachefs status --json /cache | jq '.pending | length'""")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("stats", cmd_stats, "hits, misses, bytes and transfers of a mount", """
+        examples:
+          cachefs stats /cache
+          cachefs stats --json /cache
+          cachefs stats --watch /cache""")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+
+    p = command("doctor", cmd_doctor, "check that a store works: reach, write, read, delete", """
+        examples:
+          cachefs doctor --store s3://ci-cache/myproj --endpoint https://minio.example:9000
+
+        Prints where each credential came from and its length (never its value), then
+        writes a 1-byte canary object, reads it back and deletes it. Exit 0 if all of it
+        worked, 2 if not.""")
+    _config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
+                      "connections"])
+
+    p = command("key", cmd_key, "compute a cache key from file contents", """
+        examples:
+          cachefs key "go-mod/{hash}" --hash-from go.sum
+          cachefs key img/build.tar.zst --hash-from Dockerfile --hash-from src/
+              -> img/build-<hash>.tar.zst  (no {hash}: it goes before the extension)
+
+        The hash is SHA-256 over the contents of the files (directories walked in sorted
+        relative-path order), cut to --hash-length hex digits. For one file it equals
+        `sha256sum FILE | cut -c1-16`.""")
+    p.add_argument("template", metavar="TEMPLATE")
+    p.add_argument("--hash-from", action="append", required=True, metavar="PATH",
+                   help="file or directory to hash (repeatable, in order)")
+    p.add_argument("--hash-length", type=int, default=16, metavar="N",
+                   help="hex digits of the hash to use (default 16)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return FAIL
+    try:
+        return int(args.func(args))
+    except Failure as e:
+        print(f"cachefs: {e}", file=sys.stderr)
+        return e.code
+    except (ConfigError, CacheFSError) as e:
+        print(f"cachefs: {e}", file=sys.stderr)
+        return FAIL
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return OK

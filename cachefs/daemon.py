@@ -1,0 +1,363 @@
+"""The mount daemon: builds every part once, mounts, serves, and shuts down cleanly.
+
+Construction happens here and nowhere else: the store, blob tier, namespace, fetcher, write-back
+and core are created and handed their collaborators, so tests can build the same graph with a
+different store. ``run`` is what `cachefs mount --foreground` executes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from . import __version__
+from .attrs import manifest_entry
+from .blobs import BlobTier
+from .config import Config
+from .db import Database
+from .errors import (
+    AccessDenied,
+    BucketNotFound,
+    CacheFSError,
+    ConfigError,
+    StoreUnavailable,
+)
+from .fetch import Fetcher
+from .fs import CacheFS, Limiters, Options
+from .fuse_ops import FuseOps, KernelNotifier
+from .manifest import ManifestWriter
+from .metadata import MetadataCache
+from .namespace import Namespace
+from .nodes import InodeTable
+from .stats import Stats
+from .store import Store, open_store
+from .store.local import LocalStore
+from .writeback import WriteBack
+from .xattrs import Xattrs
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "cachefs cache dir, layout 1\n"
+#: seconds between index flushes (listings, blob access times)
+FLUSH_INTERVAL = 2.0
+#: how long shutdown waits for pending uploads before leaving them to the next mount
+DRAIN_GRACE = 60.0
+
+
+class MountError(CacheFSError):
+    """Mounting failed for a reason the user can fix; the message is the one line we print."""
+
+
+@contextlib.contextmanager
+def cache_dir_lock(cache_dir: Path) -> Iterator[None]:
+    """One daemon per cache dir: the blob tier and journal are not shared between processes."""
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(cache_dir, 0o700)
+    version = cache_dir / "LAYOUT"
+    if version.exists() and version.read_text() != LAYOUT:
+        raise MountError(f"cache dir {cache_dir} has an unknown layout "
+                         f"({version.read_text().strip()!r}); use another --cache-dir")
+    if not version.exists():
+        version.write_text(LAYOUT)
+    lock_path = cache_dir / "lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise MountError(f"cache dir {cache_dir} is in use by another cachefs ({holder}); "
+                         "use a different --cache-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    if not Path("/dev/fuse").exists():
+        raise MountError("/dev/fuse is missing: install fuse3, or run the container with "
+                         "--device /dev/fuse --cap-add SYS_ADMIN")
+    if not mountpoint.exists():
+        raise MountError(f"mount point {mountpoint} does not exist (mkdir -p it first)")
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point (cachefs umount it first)")
+
+
+def check_store(store: Store, has_cache: bool) -> bool:
+    """Make sure the store can be used. Returns False when it is unreachable but a cached
+    listing lets the mount come up offline."""
+    try:
+        store.check()
+        return True
+    except BucketNotFound as e:
+        raise MountError(f"{e}") from None
+    except AccessDenied as e:
+        raise MountError(f"store refused our credentials: {e}") from None
+    except StoreUnavailable as e:
+        if has_cache:
+            log.warning("store unreachable (%s): mounting offline from the cache dir", e)
+            return False
+        raise MountError(f"store unreachable: {e}") from None
+
+
+class Daemon:
+    """Everything one mount needs, wired together."""
+
+    def __init__(self, config: Config, mountpoint: Path, store: Store, prefix: str) -> None:
+        self.config = config
+        self.mountpoint = mountpoint
+        self.store = store
+        self.prefix = prefix
+        cache_dir = Path(config.cache_dir)
+        self.db = Database(cache_dir / "index.db")
+        self.stats = Stats()
+        self.limiters = Limiters(
+            s3=trio.CapacityLimiter(config.connections),
+            disk=trio.CapacityLimiter(8),
+            cpu=trio.CapacityLimiter(max(2, os.cpu_count() or 2)),
+        )
+        self.blobs = BlobTier(cache_dir, self.db, config.cache_size, self.limiters.disk,
+                              self.limiters.cpu)
+        self.metadata = MetadataCache(self.db)
+        self.table = InodeTable()
+        self.writeback = WriteBack(store, self.blobs, cache_dir, s3=self.limiters.s3,
+                                   disk=self.limiters.disk, stats=self.stats)
+        self.notifier = KernelNotifier()
+        self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
+                            ttl=config.metadata_ttl, notifier=self.notifier,
+                            pending_kind=self.writeback.pending_kind)
+        self.fetcher = Fetcher(store, self.blobs, s3=self.limiters.s3, disk=self.limiters.disk,
+                               cpu=self.limiters.cpu, stats=self.stats)
+        self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
+                                        entries_for=self._manifest_entries,
+                                        on_written=self._manifest_written)
+        self.fs = CacheFS(ns=self.ns, table=self.table, blobs=self.blobs, fetcher=self.fetcher,
+                          writeback=self.writeback, manifests=self.manifests,
+                          metadata=self.metadata, stats=self.stats, limiters=self.limiters,
+                          options=Options(read_only=config.read_only,
+                                          sync_writes=config.writeback == "sync",
+                                          timeout=config.timeout, ttl=config.metadata_ttl))
+        self.xattrs = Xattrs(self.fs, self.control)
+        self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
+
+    def start(self) -> None:
+        """Blocking start-up work, before the mount answers."""
+        self.blobs.start()
+        self.metadata.start()
+        self.writeback.start()
+
+    # -- callbacks -----------------------------------------------------------------------------
+
+    async def _manifest_entries(self, path: str, names: set[str]) -> dict[str, Any] | None:
+        directory = await self.ns.resolve(path)
+        if directory is None or directory.children is None:
+            return None
+        result: dict[str, Any] = {}
+        for name in names:
+            node = directory if (name == "." and directory is self.table.root) \
+                else directory.children.get(name)
+            result[name] = manifest_entry(node) if node is not None else None
+        return result
+
+    def _manifest_written(self, path: str, etag: str | None) -> None:
+        node = self.ns.find(path)
+        if node is not None:
+            node.manifest_etag = etag
+            self.metadata.mark(node)
+
+    async def control(self, name: str) -> dict[str, Any] | str:
+        """Answers to the root's control attributes (see xattrs.py)."""
+        if name == "pid":
+            return str(os.getpid())
+        if name == "version":
+            return __version__
+        if name == "store":
+            return self.store.url + ("/" + self.prefix if self.prefix else "")
+        if name == "config":
+            return {k: v for k, v in vars(self.config).items() if k != "sources"}
+        if name == "status":
+            return self.fs.status()
+        if name == "sync":
+            return await self.fs.sync()
+        return self.stats_snapshot()
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        snap = self.stats.snapshot()
+        snap.update({
+            "pid": os.getpid(),
+            "store": self.store.url + ("/" + self.prefix if self.prefix else ""),
+            "mountpoint": str(self.mountpoint),
+            "offline": self.ns.offline,
+            "cache": {"bytes": self.blobs.usage, "capacity": self.blobs.capacity,
+                      "blobs": len(self.blobs.entries), "evictions": self.blobs.evictions},
+            "pending_uploads": len(self.writeback.queue),
+            "fetches_in_flight": len(self.fetcher.active),
+            "open_handles": len(self.fs.handles),
+            "inodes": len(self.table.nodes),
+        })
+        return snap
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.fs.flush_index()
+            except Exception:
+                log.exception("writing the cache index failed")
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                log.info("%s: draining uploads, then unmounting",
+                         signal.Signals(signum).name)
+                with trio.move_on_after(DRAIN_GRACE):
+                    await self.fs.sync()
+                pyfuse3.terminate()
+                return
+
+    async def main(self, ready_fd: int | None) -> None:
+        await self.ns.load_root()
+        await self.manifests.start()
+        async with trio.open_nursery() as services:
+            await services.start(self.notifier.run)
+            await services.start(self.fetcher.run)
+            await services.start(self.writeback.run)
+            await services.start(self.manifests.run)
+            services.start_soon(self._housekeeping)
+            services.start_soon(self._signals, services)
+            if ready_fd is not None:
+                _report(ready_fd, "ok")
+            log.info("mounted %s at %s", self.store.url + "/" + self.prefix, self.mountpoint)
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            log.info("unmounted; finishing pending uploads")
+            with trio.move_on_after(DRAIN_GRACE):
+                failed = await self.writeback.drain(attempts=2)
+                if failed:
+                    log.warning("%d upload(s) left for the next mount with this cache dir",
+                                len(failed))
+            with trio.move_on_after(10), contextlib.suppress(CacheFSError):
+                await self.manifests.flush()
+            await self.fs.flush_index()
+            services.cancel_scope.cancel()
+
+    def close(self) -> None:
+        self.writeback.close()
+        self.db.close()
+
+
+def _report(fd: int, message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, (message + "\n").encode())
+        os.close(fd)
+
+
+def fuse_options(config: Config, store_url: str) -> set[str]:
+    opts = {"fsname=" + store_url.replace(",", "%2C"), "subtype=cachefs", "noatime"}
+    if config.allow_other:
+        opts |= {"allow_other", "default_permissions"}
+    if config.read_only:
+        opts.add("ro")
+    return opts
+
+
+def setup_logging(level: str, stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # boto's debug output includes request headers; it never gets more than warnings.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted. Returns the process exit code."""
+    path = Path(mountpoint).absolute()
+    try:
+        check_mountpoint(path)
+        store, prefix = open_store(config)
+        if isinstance(store, LocalStore):
+            store.ensure()
+        cache_dir = Path(config.cache_dir)
+        with cache_dir_lock(cache_dir):
+            online = check_store(store, has_cache=(cache_dir / "index.db").exists())
+            daemon = Daemon(config, path, store, prefix)
+            daemon.ns.offline = not online
+            daemon.start()
+            store_url = store.url + ("/" + prefix.rstrip("/") if prefix else "")
+            try:
+                pyfuse3.init(daemon.ops, str(path), fuse_options(config, store_url))
+            except RuntimeError as e:
+                raise MountError(f"mounting {path} failed: {e} (is /dev/fuse usable and "
+                                 "the mount point empty?)") from None
+            try:
+                trio.run(daemon.main, ready_fd)
+            finally:
+                pyfuse3.close(unmount=True)
+                daemon.close()
+        log.info("cachefs exited cleanly")
+        return 0
+    except (MountError, ConfigError, CacheFSError) as e:
+        log.error("%s", e)
+        if ready_fd is not None:
+            _report(ready_fd, "error: " + str(e))
+        return 2
+
+
+def wait_mounted(mountpoint: Path, pid: int | None, timeout: float = 30.0) -> bool:
+    """True once ``mountpoint`` answers as a cachefs mount (used by the CLI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.path.ismount(mountpoint) and os.getxattr(mountpoint, "user.cachefs.pid"):
+                return True
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTCONN, errno.ENOENT, errno.EIO):
+                raise
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return False
+        time.sleep(0.05)
+    return False
+
+
+def is_cachefs_mount(mountpoint: Path) -> bool:
+    try:
+        st = os.stat(mountpoint)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and os.path.ismount(mountpoint)
+
+
+def read_control(mountpoint: Path, name: str) -> Any:
+    raw = os.getxattr(mountpoint, "user.cachefs." + name)
+    text = raw.decode()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,117 @@
+"""The project's own exceptions.
+
+Store, HTTP and disk failures are translated into these classes where they happen (store/s3.py,
+origin.py, blobs.py); the FUSE adapter turns them into an errno with one table (``errno_for``).
+Nothing else needs to know about botocore or httpx exception types.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class CacheFSError(Exception):
+    """Base class. ``errno`` is what a FUSE caller sees when this reaches the adapter."""
+
+    errno = errno.EIO
+
+
+class NotFound(CacheFSError):
+    errno = errno.ENOENT
+
+
+class BucketNotFound(NotFound):
+    """The bucket named by the store URL does not exist."""
+
+
+class StoreUnavailable(CacheFSError):
+    """The store could not be reached or kept failing (network, timeouts, 5xx) after retries."""
+
+    errno = errno.EIO
+
+
+class AccessDenied(CacheFSError):
+    """The store refused our credentials or the request (403, bad signature, unknown key id)."""
+
+    errno = errno.EACCES
+
+
+class ObjectChanged(CacheFSError):
+    """The object was replaced while we read it (ETag precondition failed)."""
+
+    errno = errno.ESTALE
+
+
+class ChecksumMismatch(CacheFSError):
+    """Downloaded or cached bytes do not match their digest: never served."""
+
+    errno = errno.EIO
+
+
+class InvalidName(CacheFSError):
+    """A name that cannot become a store key (not UTF-8, reserved, contains '/')."""
+
+    errno = errno.EINVAL
+
+
+class NameTooLong(CacheFSError):
+    errno = errno.ENAMETOOLONG
+
+
+class ReadOnly(CacheFSError):
+    errno = errno.EROFS
+
+
+class NotEmpty(CacheFSError):
+    errno = errno.ENOTEMPTY
+
+
+class Exists(CacheFSError):
+    errno = errno.EEXIST
+
+
+class IsADirectory(CacheFSError):
+    errno = errno.EISDIR
+
+
+class NotADirectory(CacheFSError):
+    errno = errno.ENOTDIR
+
+
+class NoSpace(CacheFSError):
+    errno = errno.ENOSPC
+
+
+class NotPermitted(CacheFSError):
+    errno = errno.EPERM
+
+
+class Unsupported(CacheFSError):
+    errno = errno.EOPNOTSUPP
+
+
+class InvalidArgument(CacheFSError):
+    errno = errno.EINVAL
+
+
+class TimedOut(CacheFSError):
+    """An operation did not finish within the configured I/O timeout."""
+
+    errno = errno.EIO
+
+
+class ConfigError(CacheFSError):
+    """A user mistake in flags, environment or config file: reported as one line, exit 2."""
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a FUSE request should fail with for ``exc``.
+
+    OSError keeps its own errno (a full disk stays ENOSPC); anything unexpected is EIO so that a
+    bug never takes the mount down.
+    """
+    if isinstance(exc, CacheFSError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,531 @@
+"""Copying objects from the store into the blob tier, once per object, for every reader.
+
+A ``Fetch`` is shared by all readers of one (key, ETag): the first open starts it, later opens
+join it. Small objects come in one GET and are verified before anyone reads them. Large objects
+come in ranged GETs, several in flight, in parts that start small (the first byte arrives fast)
+and double while reading stays sequential; a reader that seeks moves the next part to where it
+reads. Readers are answered as soon as their range is present and checked:
+
+* with per-unit CRCs in the object's metadata (objects cachefs wrote), each unit is checked
+  before it is released;
+* otherwise bytes are released as they arrive, except the last block, which is held back until
+  the whole object matched its SHA-256 / ETag: a reader never reaches end-of-file on bad data.
+
+The completed file is renamed into the blob tier under its SHA-256.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import os
+import zlib
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from .blobs import BLOCK, BlobTier, DigestBuilder
+from .errors import (
+    CacheFSError,
+    ChecksumMismatch,
+    NoSpace,
+    ObjectChanged,
+    StoreUnavailable,
+    TimedOut,
+)
+from .integrity import EtagCheck, decode_crcs, expected_sha256
+from .stats import Progress, Stats
+from .store import ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Objects up to this size are fetched in one GET and verified before they are served.
+SMALL = 1 << 20
+#: The first part is small so the first byte comes fast; parts double up to MAX_PART.
+MIN_PART = 1 << 20
+MAX_PART = 8 << 20
+#: Parts of one object in flight at once (every fetch also shares the store's limiter).
+PARALLEL = 8
+#: Attempts for one part or small object before the fetch fails; backoff doubles from 0.2 s.
+ATTEMPTS = 5
+#: Chunk size when streaming a body to disk: memory per part in flight.
+CHUNK = 1 << 20
+
+
+class RangeSet:
+    """Disjoint, sorted half-open intervals."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        i = bisect.bisect_left(self.ends, start)
+        j = bisect.bisect_right(self.starts, end)
+        if i < j:
+            start = min(start, self.starts[i])
+            end = max(end, self.ends[j - 1])
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
+
+    def covers(self, start: int, end: int) -> bool:
+        if start >= end:
+            return True
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i >= 0 and self.ends[i] >= end
+
+    def end_of(self, pos: int) -> int:
+        """End of the interval containing ``pos`` (or ``pos`` if none does)."""
+        i = bisect.bisect_right(self.starts, pos) - 1
+        return self.ends[i] if i >= 0 and self.ends[i] > pos else pos
+
+    def next_gap(self, pos: int, limit: int) -> tuple[int, int] | None:
+        """First uncovered interval at or after ``pos``, below ``limit``."""
+        pos = self.end_of(pos)
+        if pos >= limit:
+            return None
+        i = bisect.bisect_right(self.starts, pos)
+        end = self.starts[i] if i < len(self.starts) else limit
+        return pos, min(end, limit)
+
+    def total(self) -> int:
+        return sum(e - s for s, e in zip(self.starts, self.ends, strict=True))
+
+
+class EtagMismatch(ChecksumMismatch):
+    """The content does not match the ETag (which some stores do not compute as an MD5)."""
+
+    def __init__(self, message: str, sha256: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+
+
+class Fetch:
+    """One object on its way into the blob tier."""
+
+    def __init__(self, key: str, etag: str, size: int) -> None:
+        self.key = key
+        self.etag = etag
+        self.size = size
+        self.info: ObjectInfo | None = None
+        self.path: Path | None = None
+        self.fd = -1
+        self.received = RangeSet()
+        self.released = RangeSet()
+        self.requested = RangeSet()
+        self.done = trio.Event()
+        self.error: CacheFSError | None = None
+        self.digest: str | None = None
+        self.cursor = 0
+        self.part = MIN_PART
+        self.unit_crcs: tuple[int, array] | None = None
+        self.verified_units: set[int] = set()
+        self.hold_tail = True
+        self._changed = trio.Event()
+        self._active_reads = 0
+        self._closed = False
+
+    # -- state changes (trio thread) ------------------------------------------------------------
+
+    def changed(self) -> None:
+        event, self._changed = self._changed, trio.Event()
+        event.set()
+
+    def release_received(self) -> None:
+        """Release what arrived, except what still needs a check."""
+        if self.unit_crcs is not None:
+            unit, _ = self.unit_crcs
+            for u in sorted(self.verified_units):
+                self.released.add(u * unit, min(self.size, (u + 1) * unit))
+        else:
+            tail = ((self.size - 1) // BLOCK) * BLOCK if self.hold_tail and self.size else self.size
+            for s, e in zip(self.received.starts, self.received.ends, strict=True):
+                self.released.add(s, min(e, tail))
+        self.changed()
+
+    def finish(self, digest: str) -> None:
+        self.digest = digest
+        self.released.add(0, self.size)
+        self.done.set()
+        self.changed()
+        self._maybe_close()
+
+    def fail(self, error: CacheFSError) -> None:
+        self.error = error
+        self.done.set()
+        self.changed()
+        self._maybe_close()
+
+    def want(self, offset: int) -> None:
+        """A reader needs ``offset``: if nothing covers it yet, fetch from there next."""
+        if not self.requested.covers(offset, offset + 1):
+            self.cursor = (offset // BLOCK) * BLOCK
+            self.part = MIN_PART
+
+    def next_range(self) -> tuple[int, int] | None:
+        gap = self.requested.next_gap(self.cursor, self.size)
+        if gap is None:
+            gap = self.requested.next_gap(0, self.size)
+            if gap is None:
+                return None
+        start, end = gap
+        end = min(end, start + self.part)
+        if self.unit_crcs is not None:
+            unit = self.unit_crcs[0]
+            end = min(gap[1], -(-end // unit) * unit)  # whole units, so each can be checked
+        self.requested.add(start, end)
+        self.cursor = end
+        self.part = min(self.part * 2, MAX_PART)
+        return start, end
+
+    # -- readers --------------------------------------------------------------------------------
+
+    async def wait_range(self, start: int, end: int, timeout: float) -> None:
+        """Wait until [start, end) may be read; TimedOut if nothing arrives for ``timeout`` s."""
+        end = min(end, self.size)
+        while not self.released.covers(start, end):
+            if self.error is not None:
+                raise self.error
+            self.want(start)
+            with trio.move_on_after(timeout) as scope:
+                await self._changed.wait()
+            if scope.cancelled_caught:
+                raise TimedOut(f"{self.key}: no data for {timeout:g}s (store too slow or down)")
+        if self.error is not None and not self.released.covers(start, end):
+            raise self.error
+
+    async def read(self, offset: int, size: int, timeout: float,
+                   disk: trio.CapacityLimiter) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        await self.wait_range(offset, end, timeout)
+        if self._closed:
+            raise CacheFSError(f"{self.key}: fetch closed")  # caller reopens from the blob
+        self._active_reads += 1
+        try:
+            return await trio.to_thread.run_sync(os.pread, self.fd, end - offset, offset,
+                                                 limiter=disk)
+        finally:
+            self._active_reads -= 1
+            self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.done.is_set() and self._active_reads == 0 and not self._closed:
+            self._closed = True
+            if self.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self.fd)
+            if self.digest is None and self.path is not None:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Fetcher:
+    """Starts and tracks fetches; one per (key, ETag) at a time."""
+
+    def __init__(self, store: Store, blobs: BlobTier, *, s3: trio.CapacityLimiter,
+                 disk: trio.CapacityLimiter, cpu: trio.CapacityLimiter, stats: Stats,
+                 parallel: int = PARALLEL) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.s3 = s3
+        self.disk = disk
+        self.cpu = cpu
+        self.stats = stats
+        self.parallel = parallel
+        self.active: dict[tuple[str, str], Fetch] = {}
+        self.etag_is_md5 = True
+        self._nursery: trio.Nursery | None = None
+        #: called with the object's info once its first response arrives (attrs from headers)
+        self.on_info: Callable[[ObjectInfo], None] = lambda info: None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def fetch(self, key: str, etag: str, size: int) -> Fetch:
+        existing = self.active.get((key, etag))
+        if existing is not None:
+            return existing
+        fetch = Fetch(key, etag, size)
+        self.active[(key, etag)] = fetch
+        assert self._nursery is not None, "Fetcher.run() is not running"
+        self._nursery.start_soon(self._job, fetch)
+        return fetch
+
+    async def fetch_whole(self, key: str, etag: str, size: int) -> str:
+        """Fetch and wait; returns the digest of the blob."""
+        fetch = self.fetch(key, etag, size)
+        await fetch.done.wait()
+        if fetch.error is not None:
+            raise fetch.error
+        assert fetch.digest is not None
+        return fetch.digest
+
+    # -- the job --------------------------------------------------------------------------------
+
+    async def _job(self, fetch: Fetch) -> None:
+        progress = self.stats.begin("fetch", fetch.key, fetch.size)
+        accept_sha: str | None = None
+        try:
+            for attempt in range(2):
+                try:
+                    if fetch.size <= SMALL:
+                        await self._small(fetch, progress, accept_sha)
+                    else:
+                        await self._large(fetch, progress, accept_sha)
+                    break
+                except EtagMismatch as e:
+                    if attempt == 1:
+                        raise
+                    log.warning("%s: content does not match its ETag %s, fetching it again",
+                                fetch.key, fetch.etag)
+                    accept_sha = e.sha256
+                except ChecksumMismatch as e:
+                    if attempt == 1:
+                        raise
+                    log.warning("%s: %s; fetching it again", fetch.key, e)
+                self._reset(fetch)
+            self.stats.count("fetched_objects")
+            self.stats.count("bytes_from_store", fetch.size)
+        except CacheFSError as e:
+            log.warning("fetching %s failed: %s", fetch.key, e)
+            self.stats.error(type(e).__name__)
+            fetch.fail(e)
+        except OSError as e:
+            log.warning("fetching %s failed: %s", fetch.key, e)
+            self.stats.error("OSError")
+            fetch.fail(NoSpace(str(e)) if e.errno == 28 else CacheFSError(str(e)))
+        except Exception as e:
+            log.exception("fetching %s failed unexpectedly", fetch.key)
+            fetch.fail(CacheFSError(f"{fetch.key}: {type(e).__name__}: {e}"))
+        finally:
+            self.active.pop((fetch.key, fetch.etag), None)
+            self.stats.end(progress)
+            if not fetch.done.is_set():  # cancelled at shutdown
+                fetch.fail(CacheFSError("fetch cancelled"))
+
+    def _reset(self, fetch: Fetch) -> None:
+        fetch.received = RangeSet()
+        fetch.released = RangeSet()
+        fetch.requested = RangeSet()
+        fetch.verified_units = set()
+        fetch.cursor, fetch.part = 0, MIN_PART
+
+    async def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        delay = 0.2
+        for attempt in range(ATTEMPTS):
+            try:
+                return await trio.to_thread.run_sync(fn, limiter=self.s3)
+            except StoreUnavailable as e:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                log.info("%s: %s; retrying in %.1fs", what, e, delay)
+                self.stats.count("retries")
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _check_content(self, fetch: Fetch, info: ObjectInfo, sha: str, etag_ok: bool | None,
+                       accept_sha: str | None) -> None:
+        expected = expected_sha256(info.metadata)
+        if expected and expected != sha:
+            raise ChecksumMismatch(f"{fetch.key}: SHA-256 {sha[:16]}… does not match the "
+                                   f"recorded {expected[:16]}…")
+        if etag_ok is False and not expected:
+            if accept_sha == sha:
+                if self.etag_is_md5:
+                    log.warning("the store's ETags are not MD5 digests of the content (two "
+                                "downloads of %s agree with each other, not with its ETag): "
+                                "ETag checks are off for this mount", fetch.key)
+                self.etag_is_md5 = False
+                return
+            raise EtagMismatch(f"{fetch.key}: content does not match ETag {fetch.etag}", sha)
+
+    async def _small(self, fetch: Fetch, progress: Progress, accept_sha: str | None) -> None:
+        check_etag = self.etag_is_md5
+
+        def work() -> tuple[ObjectInfo, str, int, array, bool | None]:
+            with self.store.open_read(fetch.key, etag=fetch.etag or None) as stream:
+                chunks = []
+                while chunk := stream.read(CHUNK):
+                    chunks.append(chunk)
+                info = stream.info
+            data = b"".join(chunks)
+            if len(data) != info.size:
+                raise StoreUnavailable(f"{fetch.key}: got {len(data)} of {info.size} bytes")
+            builder = DigestBuilder()
+            builder.update(data)
+            sha, crcs = builder.finish()
+            etag_ok = None
+            if check_etag:
+                etag_check = EtagCheck(info.etag, info.size)
+                if etag_check.possible:
+                    etag_check.update(data)
+                    etag_ok = etag_check.matches()
+            if not self.blobs.has(sha):
+                self._place_blob(sha, data)
+            return info, sha, info.size, crcs, etag_ok
+
+        info, sha, size, crcs, etag_ok = await self._retrying(f"GET {fetch.key}", work)
+        fetch.info = info
+        self.on_info(info)
+        self._check_content(fetch, info, sha, etag_ok, accept_sha)
+        fetch.size = size
+        self.blobs.register(sha, size, crcs)
+        self.blobs.bind(fetch.key, fetch.etag, sha)
+        await self.blobs.evict()
+        fetch.finish(sha)
+
+    def _place_blob(self, sha: str, data: bytes) -> None:
+        """Write a verified small blob into the tier (worker thread). No fsync: the per-block
+        CRCs catch a torn file after a crash, and it can be fetched again."""
+        dest = self.blobs.path(sha)
+        dest.parent.mkdir(exist_ok=True, mode=0o700)
+        temp = self.blobs.new_temp_path("small")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, dest)
+
+    async def _large(self, fetch: Fetch, progress: Progress, accept_sha: str | None) -> None:
+        if fetch.path is None:
+            fetch.path = self.blobs.new_temp_path("fetch")
+            fetch.fd = os.open(fetch.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        first = fetch.next_range()
+        assert first is not None
+        info = await self._part(fetch, *first)
+        fetch.info = info
+        self.on_info(info)
+        if info.size != fetch.size:
+            raise ObjectChanged(f"{fetch.key}: size changed from {fetch.size} to {info.size}")
+        sha = expected_sha256(info.metadata)
+        if sha and self.blobs.has(sha):  # same content already here under another key
+            self.blobs.bind(fetch.key, fetch.etag, sha)
+            fetch.finish(sha)
+            return
+        fetch.unit_crcs = decode_crcs(info.metadata.get("cachefs-crc"))
+        can_check = bool(sha) or (self.etag_is_md5 and EtagCheck(info.etag, info.size).possible)
+        fetch.hold_tail = fetch.unit_crcs is None and can_check
+        await self._after_part(fetch, *first)
+
+        check = EtagCheck(info.etag, info.size) if self.etag_is_md5 else None
+        builder = DigestBuilder()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hash, fetch, builder, check)
+            slots = trio.Semaphore(self.parallel)
+            while True:
+                await slots.acquire()
+                part = fetch.next_range()
+                if part is None:
+                    slots.release()
+                    break
+                nursery.start_soon(self._part_task, fetch, part, slots, progress)
+        digest, crcs = builder.finish()
+        etag_ok = check.matches() if check is not None and check.possible else None
+        self._check_content(fetch, info, digest, etag_ok, accept_sha)
+        await self.blobs.commit(fetch.path, digest, fetch.size, crcs,
+                                bindings=[(fetch.key, fetch.etag)])
+        fetch.finish(digest)
+
+    async def _part_task(self, fetch: Fetch, part: tuple[int, int], slots: trio.Semaphore,
+                         progress: Progress) -> None:
+        try:
+            await self._part(fetch, *part)
+            await self._after_part(fetch, *part)
+            progress.done = fetch.received.total()
+        finally:
+            slots.release()
+
+    async def _after_part(self, fetch: Fetch, start: int, end: int) -> None:
+        fetch.received.add(start, end)
+        if fetch.unit_crcs is not None:
+            await self._check_units(fetch, start, end)
+        fetch.release_received()
+
+    async def _check_units(self, fetch: Fetch, start: int, end: int) -> None:
+        assert fetch.unit_crcs is not None
+        unit, crcs = fetch.unit_crcs
+        todo = []
+        for u in range(start // unit, (end - 1) // unit + 1):
+            lo, hi = u * unit, min(fetch.size, (u + 1) * unit)
+            if u not in fetch.verified_units and fetch.received.covers(lo, hi):
+                todo.append((u, lo, hi))
+
+        def check() -> None:
+            for u, lo, hi in todo:
+                if u >= len(crcs) or zlib.crc32(os.pread(fetch.fd, hi - lo, lo)) != crcs[u]:
+                    raise ChecksumMismatch(f"{fetch.key}: bytes {lo}-{hi} fail their CRC")
+
+        await trio.to_thread.run_sync(check, limiter=self.cpu)
+        fetch.verified_units.update(u for u, _, _ in todo)
+
+    async def _part(self, fetch: Fetch, start: int, end: int) -> ObjectInfo:
+        """Download [start, end) into the fetch's file, resuming within the part on retry."""
+        done = [start]
+
+        def work() -> ObjectInfo:
+            with self.store.open_read(fetch.key, done[0], end - done[0],
+                                      etag=fetch.etag or None) as stream:
+                while done[0] < end:
+                    chunk = stream.read(min(CHUNK, end - done[0]))
+                    if not chunk:
+                        raise StoreUnavailable(f"{fetch.key}: body ended at {done[0]} "
+                                               f"of {end}")
+                    _pwrite_all(fetch.fd, chunk, done[0])
+                    done[0] += len(chunk)
+                return stream.info
+
+        while True:
+            try:
+                return await self._retrying(f"GET {fetch.key} [{start}-{end})", work)
+            except OSError as e:
+                if e.errno != 28:
+                    raise
+                await self.blobs.make_room(end - start)
+
+    async def _hash(self, fetch: Fetch, builder: DigestBuilder, check: EtagCheck | None) -> None:
+        pos = 0
+        while pos < fetch.size:
+            avail = fetch.received.end_of(pos)
+            if avail <= pos:
+                await fetch._changed.wait()
+                if fetch.error is not None:
+                    return
+                continue
+            def digest(at: int, stop: int) -> None:
+                while at < stop:
+                    data = os.pread(fetch.fd, min(BLOCK, stop - at), at)
+                    builder.update(data)
+                    if check is not None and check.possible:
+                        check.update(data)
+                    at += len(data)
+
+            await trio.to_thread.run_sync(digest, pos, avail, limiter=self.cpu)
+            pos = avail
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+

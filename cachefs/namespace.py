@@ -1,0 +1,283 @@
+"""The directory tree as the store shows it: listing, caching, revalidation.
+
+A directory is listed from the store (one LIST with delimiter '/', plus its manifest when present)
+the first time it is needed and again once its listing is older than the metadata TTL. Listings
+are kept in the cache dir, so a remount starts from them. A listing never overrides local state:
+a file written here and not yet uploaded, or deleted here and not yet deleted in the store, stays
+as the mount shows it until the store catches up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from . import manifest as manifest_mod
+from .attrs import apply_manifest_entry
+from .errors import CacheFSError, NotADirectory, NotFound, StoreUnavailable
+from .metadata import MetadataCache
+from .names import MANIFEST_NAME, component_problem
+from .nodes import InodeTable, Kind, Node
+from .store import ListPage, ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+
+#: while the store is unreachable, a stale listing is served and retried this often
+OFFLINE_RETRY = 10.0
+
+
+class Notifier(Protocol):
+    """Tells the kernel to drop what it cached (implemented by the FUSE adapter)."""
+
+    def inode_changed(self, ino: int) -> None: ...
+
+    def entry_removed(self, parent_ino: int, name: str, ino: int) -> None: ...
+
+
+class NullNotifier:
+    def inode_changed(self, ino: int) -> None:
+        pass
+
+    def entry_removed(self, parent_ino: int, name: str, ino: int) -> None:
+        pass
+
+
+class Namespace:
+    def __init__(self, store: Store, prefix: str, table: InodeTable, metadata: MetadataCache, *,
+                 s3: trio.CapacityLimiter, ttl: float, notifier: Notifier,
+                 pending_kind: Callable[[str], str | None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.table = table
+        self.metadata = metadata
+        self.s3 = s3
+        self.ttl = ttl
+        self.notifier = notifier
+        self.pending_kind = pending_kind
+        self.clock = clock
+        self.root = table.root
+        self.offline = False
+        self._listing: dict[int, trio.Event] = {}
+        self._warned: set[str] = set()
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def key(self, node: Node) -> str:
+        """The object key of a file or symlink."""
+        return self.prefix + node.path()
+
+    def dir_prefix(self, node: Node) -> str:
+        path = node.path()
+        return self.prefix + path + "/" if path else self.prefix
+
+    def find(self, path: str) -> Node | None:
+        """The node at ``path`` if it is in memory (no listing)."""
+        node = self.root
+        for part in filter(None, path.split("/")):
+            if node.children is None or part not in node.children:
+                return None
+            node = node.children[part]
+        return node
+
+    async def resolve(self, path: str) -> Node | None:
+        """The node at ``path``, listing directories on the way as needed."""
+        node = self.root
+        for part in filter(None, path.split("/")):
+            if node.kind is not Kind.DIR:
+                return None
+            child = (await self.children(node)).get(part)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def find_key(self, key: str) -> Node | None:
+        if not key.startswith(self.prefix):
+            return None
+        return self.find(key[len(self.prefix):])
+
+    def _warn_once(self, what: str, message: str, *args: Any) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(message, *args)
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def fresh(self, directory: Node) -> bool:
+        return directory.children is not None and \
+            self.clock() - directory.listed_at < self.ttl
+
+    async def children(self, directory: Node) -> dict[str, Node]:
+        """The entries of ``directory``, listed or revalidated if needed."""
+        if directory.kind is not Kind.DIR:
+            raise NotADirectory(directory.path())
+        while not self.fresh(directory):
+            busy = self._listing.get(directory.ino)
+            if busy is not None:
+                await busy.wait()
+                if directory.children is not None:
+                    break
+                continue
+            event = self._listing[directory.ino] = trio.Event()
+            try:
+                await self._list(directory)
+            finally:
+                del self._listing[directory.ino]
+                event.set()
+            break
+        assert directory.children is not None
+        return directory.children
+
+    async def lookup(self, directory: Node, name: str) -> Node | None:
+        return (await self.children(directory)).get(name)
+
+    async def _list(self, directory: Node) -> None:
+        path = directory.path()
+        if directory.children is None:
+            stored = await self.metadata.load(path)
+            if stored is not None:
+                listed_at, manifest_etag, rows = stored
+                directory.children = {}
+                for name, attrs in rows:
+                    directory.children[name] = self.table.new(attrs.pop("kind"), name, directory,
+                                                              **attrs)
+                directory.listed_at = listed_at
+                directory.manifest_etag = manifest_etag
+                if self.fresh(directory):
+                    return
+        prefix = self.dir_prefix(directory)
+        try:
+            page = await trio.to_thread.run_sync(self.store.list_all, prefix, "/",
+                                                 limiter=self.s3)
+        except StoreUnavailable as e:
+            if directory.children is None:
+                raise
+            self._warn_once("offline", "store unreachable (%s): serving cached listings", e)
+            self.offline = True
+            directory.listed_at = self.clock() - self.ttl + OFFLINE_RETRY
+            return
+        except NotFound:
+            page = ListPage([], [])
+        if self.offline:
+            log.warning("store reachable again")
+            self.offline = False
+        entries = await self._manifest(directory, prefix, page)
+        self.merge(directory, prefix, page, entries)
+        directory.listed_at = self.clock()
+        self.metadata.mark(directory)
+
+    async def _manifest(self, directory: Node, prefix: str,
+                        page: ListPage) -> dict[str, Any] | None:
+        """The directory's manifest entries if it changed since we last read it, else None."""
+        info = next((o for o in page.objects if o.key == prefix + MANIFEST_NAME), None)
+        if info is None:
+            directory.manifest_etag = None
+            return {}
+        if info.etag == directory.manifest_etag:
+            return None
+        try:
+            _, data = await trio.to_thread.run_sync(self.store.read_all, info.key,
+                                                    limiter=self.s3)
+        except CacheFSError as e:
+            log.warning("reading manifest %s failed: %s", info.key, e)
+            return None
+        directory.manifest_etag = info.etag
+        return manifest_mod.parse(data)
+
+    def merge(self, directory: Node, prefix: str, page: ListPage,
+              manifest: dict[str, Any] | None) -> None:
+        """Bring ``directory.children`` in line with a listing, keeping local state."""
+        found: dict[str, ObjectInfo | None] = {}  # None: a sub-directory
+        for item in page.objects:
+            rel = item.key[len(prefix):]
+            if rel in ("", MANIFEST_NAME):
+                continue
+            if self._usable(item.key, rel):
+                found[rel] = item
+        for sub in page.prefixes:
+            rel = sub[len(prefix):-1]
+            if not self._usable(sub, rel):
+                continue
+            if rel in found:
+                self._warn_once(sub, "key %s is both an object and a prefix: the mount shows "
+                                "the directory, the object is hidden", sub[:-1])
+            found[rel] = None
+        if directory.children is None:
+            directory.children = {}
+        children = directory.children
+        for name, node in list(children.items()):
+            if name not in found and not self._keep_local(node):
+                del children[name]
+                self.table.detach(node)
+                self.notifier.entry_removed(directory.ino, name, node.ino)
+        for name, obj in found.items():
+            if self.pending_kind(prefix + name) == "delete":
+                continue  # deleted here; the store does not know yet
+            self._merge_one(directory, children, name, obj)
+        if manifest:
+            for name, entry in manifest.items():
+                target = self.root if name == "." and directory is self.root \
+                    else children.get(name)
+                if target is not None and not target.has_local_state:
+                    apply_manifest_entry(target, entry)
+
+    def _merge_one(self, directory: Node, children: dict[str, Node], name: str,
+                   obj: ObjectInfo | None) -> None:
+        node = children.get(name)
+        kind = Kind.DIR if obj is None else Kind.FILE
+        if node is not None:
+            if self._keep_local(node):
+                return
+            same_kind = (node.kind is Kind.DIR) == (kind is Kind.DIR)
+            if same_kind and (obj is None or node.etag == obj.etag):
+                return
+            if same_kind and obj is not None:  # replaced in the store: same inode, new content
+                node.etag, node.size, node.digest = obj.etag, obj.size, None
+                node.mtime_ns = node.ctime_ns = int(obj.mtime * 1e9)
+                node.source, node.attrs_from = "store", "default"
+                if node.kind is Kind.LINK:
+                    node.kind, node.target = Kind.FILE, None
+                self.notifier.inode_changed(node.ino)
+                return
+            del children[name]
+            self.table.detach(node)
+            self.notifier.entry_removed(directory.ino, name, node.ino)
+        if obj is None:
+            children[name] = self.table.new(Kind.DIR, name, directory)
+        else:
+            mtime = int(obj.mtime * 1e9)
+            children[name] = self.table.new(Kind.FILE, name, directory, size=obj.size,
+                                            etag=obj.etag, mtime_ns=mtime, ctime_ns=mtime)
+
+    def _keep_local(self, node: Node) -> bool:
+        if node.has_local_state:
+            return True
+        if node.kind is Kind.DIR and node.children is not None:
+            return any(self._keep_local(c) for c in node.children.values())
+        return False
+
+    def _usable(self, key: str, rel: str) -> bool:
+        problem = component_problem(rel) if "/" not in rel else "empty path component"
+        if problem:
+            self._warn_once(key, "key %r cannot be shown as a path (%s): skipped", key, problem)
+            return False
+        return True
+
+    async def load_root(self) -> None:
+        """Root attributes saved by an earlier mount (mode, xattrs such as an origin)."""
+        saved = await self.metadata.load_self()
+        if saved:
+            for name in ("mode", "uid", "gid", "mtime_ns", "ctime_ns", "xattrs", "attrs_from"):
+                setattr(self.root, name, saved[name])
+
+    def invalidate(self, directory: Node) -> None:
+        """Force the next access to list ``directory`` again."""
+        directory.listed_at = 0.0
+
+
+__all__ = ["Namespace", "Notifier", "NullNotifier"]

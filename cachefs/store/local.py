@@ -1,0 +1,254 @@
+"""A store kept in a local directory: the embedded default, and a store for NFS-shared caches.
+
+Any S3 key can be stored, including a key that is also a prefix (``a`` and ``a/b``) and dir
+markers (``a/``): every key component becomes a directory named ``<component>.d`` and the last one
+a file named ``<component>.o``, so files and directories never collide. An object file holds a
+small JSON header (ETag, mtime, user metadata) followed by the bytes; it is written to a temp file
+and renamed, so readers see the old object or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import BucketNotFound, CacheFSError, NameTooLong, NotFound, ObjectChanged
+from . import ListPage, ObjectInfo, ReadStream, Store
+
+MAGIC = b"CFSOBJ1\n"
+_HEADER = struct.Struct(">I")
+PAGE = 1000
+
+
+def _md5_etag(data_md5: str, parts: int = 0) -> str:
+    return f'"{data_md5}-{parts}"' if parts else f'"{data_md5}"'
+
+
+class _FileReadStream(ReadStream):
+    def __init__(self, f: BinaryIO, remaining: int, info: ObjectInfo) -> None:
+        self.f = f
+        self.remaining = remaining
+        self.info = info
+
+    def read(self, n: int) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        data = self.f.read(min(n, self.remaining))
+        self.remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = root.as_uri()
+        self.tmp = root / ".tmp"
+        self.uploads = root / ".uploads"
+
+    def ensure(self) -> None:
+        """Create the store directory (the embedded default must work on a fresh machine)."""
+        for d in (self.root, self.tmp, self.uploads):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise BucketNotFound(f"store directory {self.root} does not exist")
+        self.tmp.mkdir(exist_ok=True)
+        self.uploads.mkdir(exist_ok=True)
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        for part in parts:
+            if len(part.encode("utf-8", "surrogateescape")) > 250:
+                raise NameTooLong(f"key component too long for a local store: {part[:40]}...")
+        return self.root.joinpath(*(p + ".d" for p in parts[:-1]), parts[-1] + ".o")
+
+    def _read_header(self, f: BinaryIO, key: str) -> tuple[dict[str, object], int]:
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            raise CacheFSError(f"local store object {key} is damaged (bad header)")
+        (length,) = _HEADER.unpack(f.read(_HEADER.size))
+        header = json.loads(f.read(length))
+        return header, len(MAGIC) + _HEADER.size + length
+
+    def _info(self, key: str, path: Path) -> tuple[ObjectInfo, int]:
+        try:
+            with path.open("rb") as f:
+                header, offset = self._read_header(f, key)
+                size = os.fstat(f.fileno()).st_size - offset
+        except FileNotFoundError:
+            raise NotFound(f"{key}: not found") from None
+        return ObjectInfo(key, size, str(header["etag"]), float(header["mtime"]),  # type: ignore[arg-type]
+                          dict(header.get("metadata") or {})), offset  # type: ignore[call-overload]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo:
+        return self._info(key, self._path(key))[0]
+
+    def open_read(
+        self, key: str, start: int = 0, length: int | None = None, etag: str | None = None
+    ) -> ReadStream:
+        path = self._path(key)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"{key}: not found") from None
+        try:
+            header, offset = self._read_header(f, key)
+            size = os.fstat(f.fileno()).st_size - offset
+            info = ObjectInfo(key, size, str(header["etag"]), float(header["mtime"]),  # type: ignore[arg-type]
+                              dict(header.get("metadata") or {}))  # type: ignore[call-overload]
+            if etag and etag != info.etag:
+                raise ObjectChanged(f"{key}: object changed while it was read")
+            f.seek(offset + start)
+            remaining = size - start if length is None else min(length, size - start)
+            return _FileReadStream(f, max(0, remaining), info)
+        except BaseException:
+            f.close()
+            raise
+
+    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+        head, _, start = prefix.rpartition("/")
+        base = self.root.joinpath(*(p + ".d" for p in head.split("/"))) if head else self.root
+        base_key = head + "/" if head else ""
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        for key, path, is_dir in sorted(self._walk(base, base_key, start, delimiter)):
+            if is_dir:
+                prefixes.append(key)
+            else:
+                with contextlib.suppress(NotFound):
+                    objects.append(self._info(key, path)[0])
+            if len(objects) + len(prefixes) >= PAGE:
+                yield ListPage(objects, prefixes)
+                objects, prefixes = [], []
+        if objects or prefixes:
+            yield ListPage(objects, prefixes)
+
+    def _walk(
+        self, directory: Path, key_prefix: str, start: str, delimiter: str | None
+    ) -> Iterator[tuple[str, Path, bool]]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.name.endswith(".o"):
+                name = entry.name[:-2]
+                if name.startswith(start):
+                    yield key_prefix + name, Path(entry.path), False
+            elif entry.name.endswith(".d") and entry.name[:-2].startswith(start):
+                sub_key = key_prefix + entry.name[:-2] + "/"
+                if delimiter == "/":
+                    # Empty directories are pruned on delete, so any entry means a key below.
+                    with os.scandir(entry.path) as it:
+                        if any(True for _ in it):
+                            yield sub_key, Path(entry.path), True
+                else:
+                    yield from self._walk(Path(entry.path), sub_key, "", None)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _write(self, key: str, chunks: Iterator[bytes], etag: str, metadata: Mapping[str, str],
+               size: int) -> ObjectInfo:
+        path = self._path(key)
+        now = time.time()
+        header = json.dumps({"etag": etag, "mtime": now, "metadata": dict(metadata)}).encode()
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / uuid.uuid4().hex
+        try:
+            with tmp.open("wb") as f:
+                f.write(MAGIC + _HEADER.pack(len(header)) + header)
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return ObjectInfo(key, size, etag, now, dict(metadata))
+
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        etag = _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
+        return self._write(key, iter([data]), etag, metadata, len(data))
+
+    def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str:
+        upload_id = uuid.uuid4().hex
+        d = self.uploads / upload_id
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text(json.dumps({"key": key, "metadata": dict(metadata)}))
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        d = self.uploads / upload_id
+        if not d.is_dir():
+            raise NotFound(f"upload {upload_id} of {key}: not found")
+        tmp = d / f"{number}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, d / str(number))
+        return _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
+
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
+    ) -> ObjectInfo:
+        d = self.uploads / upload_id
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except FileNotFoundError:
+            raise NotFound(f"upload {upload_id} of {key}: not found") from None
+        digests = b"".join(bytes.fromhex(e.strip('"')) for _, e in parts)
+        etag = _md5_etag(hashlib.md5(digests, usedforsecurity=False).hexdigest(), len(parts))
+
+        def chunks() -> Iterator[bytes]:
+            for number, _ in parts:
+                with (d / str(number)).open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        yield chunk
+
+        info = self._write(key, chunks(), etag, meta["metadata"], size)
+        shutil.rmtree(d, ignore_errors=True)
+        return info
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        shutil.rmtree(self.uploads / upload_id, ignore_errors=True)
+
+    def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with self.open_read(src) as stream:
+            info = stream.info
+
+            def chunks() -> Iterator[bytes]:
+                while chunk := stream.read(1 << 20):
+                    yield chunk
+
+            return self._write(dst, chunks(), info.etag,
+                               info.metadata if metadata is None else metadata, info.size)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        # Prune directories left empty, so the prefix disappears from listings as in S3.
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent

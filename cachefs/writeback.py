@@ -1,0 +1,399 @@
+"""Write-back: getting closed files (and renames, deletes, directories) into the store.
+
+Every change is first appended to a journal (``journal.log`` in the cache dir, fsynced) that names
+the blob holding the content, then applied to the store by background workers, in order per key.
+An operation leaves the journal only once the store has it, so nothing a program closed is lost
+if the daemon dies: the next mount with the same cache dir replays what is left.
+
+In ``sync`` mode the caller waits for its operation (close() returns once the object is in the
+store, or fails with EIO); in ``async`` mode it returns once the journal has it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .blobs import BlobTier
+from .errors import CacheFSError, NotFound
+from .stats import Stats
+from .store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+
+#: objects larger than this are uploaded in parts, several at once
+MULTIPART_THRESHOLD = 8 << 20
+PART_SIZE = 8 << 20
+PARTS_IN_FLIGHT = 4
+#: background retries back off up to this many seconds
+MAX_BACKOFF = 60.0
+#: a caller waiting on its operation (sync mode) gives up after this many failed attempts
+WAIT_ATTEMPTS = 3
+
+KINDS = ("put", "delete", "copy", "move")
+
+
+@dataclasses.dataclass(eq=False)
+class Op:
+    seq: int
+    kind: str  # put | delete | copy | move (copy to key, then delete src)
+    key: str
+    src: str | None = None
+    digest: str | None = None
+    size: int = 0
+    meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    created: float = dataclasses.field(default_factory=time.time)
+    # runtime
+    attempts: int = 0
+    started: bool = False
+    superseded: bool = False
+    last_error: str = ""
+    not_before: float = 0.0
+    info: ObjectInfo | None = None
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    progress: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, self.src) if self.src else (self.key,)
+
+    def record(self) -> dict[str, Any]:
+        return {"seq": self.seq, "kind": self.kind, "key": self.key, "src": self.src,
+                "digest": self.digest, "size": self.size, "meta": self.meta,
+                "created": self.created}
+
+    def describe(self) -> dict[str, Any]:
+        return {"op": self.kind, "key": self.key, "src": self.src, "size": self.size,
+                "attempts": self.attempts, "error": self.last_error,
+                "age": round(time.time() - self.created, 1)}
+
+
+class Journal:
+    """Append-only log of operations: ``add`` lines, then ``done`` lines once applied."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def load(self) -> list[dict[str, Any]]:
+        """Operations added and not done (a torn last line was never acknowledged)."""
+        pending: dict[int, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_bytes().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("done") is not None:
+                    pending.pop(int(rec["done"]), None)
+                elif rec.get("kind") in KINDS:
+                    pending[int(rec["seq"])] = rec
+        records = sorted(pending.values(), key=lambda r: r["seq"])
+        # Rewrite compactly so the log does not grow across runs.
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            for rec in records:
+                f.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        os.chmod(self.path, 0o600)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return records
+
+    def append(self, record: dict[str, Any], durable: bool) -> None:
+        os.write(self.fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        if durable:
+            os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class WriteBack:
+    def __init__(self, store: Store, blobs: BlobTier, cache_dir: Path, *,
+                 s3: trio.CapacityLimiter, disk: trio.CapacityLimiter, stats: Stats,
+                 workers: int = 8, encode: Callable[..., Any] | None = None) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.journal = Journal(cache_dir / "journal.log")
+        self.s3 = s3
+        self.disk = disk
+        self.stats = stats
+        self.workers = workers
+        self.queue: list[Op] = []
+        self.by_key: dict[str, deque[Op]] = {}
+        self._seq = 0
+        self._changed = trio.Event()
+        self._running = 0
+        #: called on the trio thread when an operation is in the store
+        self.on_complete: Callable[[Op], None] = lambda op: None
+        self._journal_lock = trio.Lock()
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def start(self) -> list[Op]:
+        """Load what a previous run left in the journal (blocking, before the mount answers)."""
+        ops = []
+        for rec in self.journal.load():
+            op = Op(seq=rec["seq"], kind=rec["kind"], key=rec["key"], src=rec.get("src"),
+                    digest=rec.get("digest"), size=rec.get("size", 0),
+                    meta=dict(rec.get("meta") or {}), created=rec.get("created", time.time()))
+            if op.digest and not self.blobs.has(op.digest):
+                log.error("journal: content of %s (%s) is missing from the blob tier; this "
+                          "upload cannot be finished", op.key, op.digest[:16])
+                self.journal.append({"done": op.seq}, durable=True)
+                continue
+            self._enqueue(op)
+            ops.append(op)
+            self._seq = max(self._seq, op.seq)
+        if ops:
+            log.info("resuming %d pending store operation(s) from the journal", len(ops))
+        return ops
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    async def submit(self, kind: str, key: str, *, src: str | None = None,
+                     digest: str | None = None, size: int = 0,
+                     meta: dict[str, str] | None = None) -> Op:
+        """Journal an operation (durably) and queue it. Returns at once."""
+        self._seq += 1
+        op = Op(self._seq, kind, key, src=src, digest=digest, size=size, meta=dict(meta or {}))
+        if kind in ("put", "delete"):
+            self._supersede(key)
+        async with self._journal_lock:
+            await trio.to_thread.run_sync(self.journal.append, op.record(), True,
+                                          limiter=self.disk)
+        self._enqueue(op)
+        self.stats.count(f"writeback_{kind}")
+        return op
+
+    async def wait(self, op: Op, attempts: int = WAIT_ATTEMPTS) -> None:
+        """Wait until ``op`` is in the store; raise its error after ``attempts`` failures.
+
+        The operation stays queued after such a failure and is retried in the background.
+        """
+        while not op.done.is_set():
+            if op.attempts >= attempts and op.last_error:
+                raise CacheFSError(f"{op.kind} {op.key}: {op.last_error}")
+            await op.progress.wait()
+
+    def _enqueue(self, op: Op) -> None:
+        if op.digest:
+            self.blobs.pin(op.digest)
+        self.queue.append(op)
+        for key in op.keys:
+            self.by_key.setdefault(key, deque()).append(op)
+        self._kick()
+
+    def withdraw(self, op: Op) -> bool:
+        """Take back an operation that has not started (a sync caller gave up on it)."""
+        if op.started or op.done.is_set():
+            return False
+        op.superseded = True
+        self._finish(op)
+        return True
+
+    def _supersede(self, key: str) -> None:
+        """A queued, not yet started put of ``key`` is moot once a newer put or delete comes."""
+        for op in list(self.by_key.get(key, ())):
+            if op.kind == "put" and not op.started and op.key == key:
+                op.superseded = True
+                self._finish(op)
+
+    def _kick(self) -> None:
+        event, self._changed = self._changed, trio.Event()
+        event.set()
+
+    # -- state for the core --------------------------------------------------------------------
+
+    def pending_kind(self, key: str) -> str | None:
+        """'put' if the newest pending operation on ``key`` writes it, 'delete' if it removes it."""
+        ops = self.by_key.get(key)
+        if not ops:
+            return None
+        last = ops[-1]
+        if last.kind == "delete" or (last.kind == "move" and last.src == key):
+            return "delete"
+        return "put"
+
+    def pending(self) -> list[Op]:
+        return list(self.queue)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        slots = trio.Semaphore(self.workers)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                op = self._next_ready()
+                if op is None:
+                    delay = self._next_retry_delay()
+                    with trio.move_on_after(delay if delay is not None else float("inf")):
+                        await self._changed.wait()
+                    continue
+                await slots.acquire()
+                op.started = True
+                self._running += 1
+                nursery.start_soon(self._work, op, slots)
+
+    def _next_ready(self) -> Op | None:
+        now = trio.current_time()
+        for op in self.queue:
+            if op.started or op.not_before > now:
+                continue
+            if all(self.by_key[k][0] is op for k in op.keys):
+                return op
+        return None
+
+    def _next_retry_delay(self) -> float | None:
+        waiting = [op.not_before for op in self.queue if not op.started and op.not_before]
+        if not waiting:
+            return None
+        return max(0.0, min(waiting) - trio.current_time())
+
+    async def _work(self, op: Op, slots: trio.Semaphore) -> None:
+        try:
+            op.attempts += 1
+            await self._apply(op)
+        except CacheFSError as e:
+            op.last_error = str(e)
+            self.stats.error("upload_" + type(e).__name__)
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - 1))
+            op.not_before = trio.current_time() + delay
+            log.warning("%s %s failed (attempt %d, retrying in %.0fs): %s", op.kind, op.key,
+                        op.attempts, delay, e)
+            op.started = False
+        except Exception as e:
+            op.last_error = f"{type(e).__name__}: {e}"
+            log.exception("%s %s failed unexpectedly", op.kind, op.key)
+            op.not_before = trio.current_time() + MAX_BACKOFF
+            op.started = False
+        else:
+            self.stats.count(f"stored_{op.kind}")
+            self._finish(op)
+        finally:
+            self._running -= 1
+            slots.release()
+            event, op.progress = op.progress, trio.Event()
+            event.set()
+            self._kick()
+
+    def _finish(self, op: Op) -> None:
+        with contextlib.suppress(ValueError):
+            self.queue.remove(op)
+        for key in op.keys:
+            ops = self.by_key.get(key)
+            if ops is not None:
+                with contextlib.suppress(ValueError):
+                    ops.remove(op)
+                if not ops:
+                    del self.by_key[key]
+        if op.digest:
+            self.blobs.unpin(op.digest)
+        self.journal.append({"done": op.seq}, durable=False)
+        op.done.set()
+        op.progress.set()
+        self._kick()
+        self.on_complete(op)
+
+    async def _apply(self, op: Op) -> None:
+        if op.kind == "put":
+            op.info = await self._put(op)
+        elif op.kind == "delete":
+            await trio.to_thread.run_sync(self.store.delete, op.key, limiter=self.s3)
+        elif op.kind in ("copy", "move"):
+            assert op.src is not None
+            try:
+                op.info = await trio.to_thread.run_sync(
+                    self.store.copy, op.src, op.key, op.meta or None, limiter=self.s3)
+            except NotFound:
+                if op.kind == "copy":
+                    raise
+                # A retried move whose copy already happened and whose source is gone.
+                op.info = await trio.to_thread.run_sync(self.store.head, op.key,
+                                                        limiter=self.s3)
+            if op.kind == "move":
+                await trio.to_thread.run_sync(self.store.delete, op.src, limiter=self.s3)
+
+    async def _put(self, op: Op) -> ObjectInfo:
+        if op.digest is None:  # directory marker, or a symlink whose target is its body
+            meta = dict(op.meta)
+            body = meta.pop("cachefs-body", "").encode()
+            return await trio.to_thread.run_sync(self.store.put, op.key, body, meta,
+                                                 limiter=self.s3)
+        path = self.blobs.path(op.digest)
+        progress = self.stats.begin("upload", op.key, op.size)
+        try:
+            if op.size <= MULTIPART_THRESHOLD:
+                data = await trio.to_thread.run_sync(path.read_bytes, limiter=self.disk)
+                info = await trio.to_thread.run_sync(self.store.put, op.key, data, op.meta,
+                                                     limiter=self.s3)
+                progress.done = op.size
+            else:
+                info = await self._put_multipart(op, path, progress)
+        finally:
+            self.stats.end(progress)
+        self.stats.count("bytes_to_store", op.size)
+        return ObjectInfo(op.key, op.size, info.etag, time.time(), op.meta)
+
+    async def _put_multipart(self, op: Op, path: Path, progress: Any) -> ObjectInfo:
+        part_size = max(PART_SIZE, MIN_PART_SIZE, -(-op.size // MAX_PARTS))
+        upload_id = await trio.to_thread.run_sync(self.store.create_multipart, op.key, op.meta,
+                                                  limiter=self.s3)
+        etags: dict[int, str] = {}
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            slots = trio.Semaphore(PARTS_IN_FLIGHT)
+
+            async def part(number: int, offset: int) -> None:
+                async with slots:
+                    data = await trio.to_thread.run_sync(os.pread, fd, part_size, offset,
+                                                         limiter=self.disk)
+                    etags[number] = await trio.to_thread.run_sync(
+                        self.store.upload_part, op.key, upload_id, number, data,
+                        limiter=self.s3)
+                    progress.done += len(data)
+
+            async with trio.open_nursery() as nursery:
+                for number, offset in enumerate(range(0, op.size, part_size), 1):
+                    nursery.start_soon(part, number, offset)
+            parts = sorted(etags.items())
+            return await trio.to_thread.run_sync(self.store.complete_multipart, op.key,
+                                                 upload_id, parts, op.size, limiter=self.s3)
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(CacheFSError):
+                await trio.to_thread.run_sync(self.store.abort_multipart, op.key, upload_id,
+                                              limiter=self.s3)
+            raise
+        finally:
+            os.close(fd)
+
+    # -- draining ------------------------------------------------------------------------------
+
+    async def drain(self, attempts: int = WAIT_ATTEMPTS) -> list[Op]:
+        """Wait for everything queued now; returns the operations that kept failing."""
+        targets = list(self.queue)
+        failed = []
+        for op in targets:
+            try:
+                await self.wait(op, attempts)
+            except CacheFSError:
+                failed.append(op)
+        return failed
+
+    def close(self) -> None:
+        self.journal.close()
