@@ -128,16 +128,6 @@ FIELDS: tuple[Field, ...] = (
     Field("secret_file", str, lambda: None, "file holding the S3 secret access key"),
     Field("allow_other", parse_bool, lambda: False,
           "let other users use the mount; permissions are then checked by the kernel"),
-    Field("origin", parse_list, list,
-          "KEYPREFIX=URL pairs: fetch misses under KEYPREFIX from URL (comma separated)"),
-    Field("origin_fetch", parse_choice("auto", "curate"), lambda: "auto",
-          "auto: fetch origin misses on read; curate: only after `cachefs fetch` approves them"),
-    Field("compress", str, lambda: "",
-          "store new objects zstd-compressed: zstd or zstd:LEVEL (default: off)"),
-    Field("subtree", str, lambda: None,
-          "mount only this key (a prefix or a pack) at the mount point"),
-    Field("restore_key", parse_list, list,
-          "with --subtree: prefixes to try when the exact key is missing, newest match wins"),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
@@ -159,11 +149,6 @@ class Config:
     key_file: str | None
     secret_file: str | None
     allow_other: bool
-    origin: list[str]
-    origin_fetch: str
-    compress: str
-    subtree: str | None
-    restore_key: list[str]
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Config:

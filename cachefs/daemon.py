@@ -17,7 +17,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +236,9 @@ class Daemon:
                 pyfuse3.terminate()
                 return
 
-    async def main(self, ready_fd: int | None) -> None:
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[trio.Nursery]:
+        """The background services (fetches, uploads, manifests, index flushes) while open."""
         await self.ns.load_root()
         await self.manifests.start()
         async with trio.open_nursery() as services:
@@ -245,21 +247,31 @@ class Daemon:
             await services.start(self.writeback.run)
             await services.start(self.manifests.run)
             services.start_soon(self._housekeeping)
+            try:
+                yield services
+            finally:
+                services.cancel_scope.cancel()
+
+    async def finish(self) -> None:
+        """After the mount is gone: give pending uploads a last chance, save the index."""
+        with trio.move_on_after(DRAIN_GRACE):
+            failed = await self.writeback.drain(attempts=2)
+            if failed:
+                log.warning("%d upload(s) left for the next mount with this cache dir",
+                            len(failed))
+        with trio.move_on_after(10), contextlib.suppress(CacheFSError):
+            await self.manifests.flush()
+        await self.fs.flush_index()
+
+    async def main(self, ready_fd: int | None) -> None:
+        async with self.running() as services:
             services.start_soon(self._signals, services)
             if ready_fd is not None:
                 _report(ready_fd, "ok")
             log.info("mounted %s at %s", self.store.url + "/" + self.prefix, self.mountpoint)
             await pyfuse3.main(min_tasks=4, max_tasks=64)
             log.info("unmounted; finishing pending uploads")
-            with trio.move_on_after(DRAIN_GRACE):
-                failed = await self.writeback.drain(attempts=2)
-                if failed:
-                    log.warning("%d upload(s) left for the next mount with this cache dir",
-                                len(failed))
-            with trio.move_on_after(10), contextlib.suppress(CacheFSError):
-                await self.manifests.flush()
-            await self.fs.flush_index()
-            services.cancel_scope.cancel()
+            await self.finish()
 
     def close(self) -> None:
         self.writeback.close()

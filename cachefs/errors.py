@@ -115,3 +115,22 @@ def errno_for(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     return errno.EIO
+
+
+def unwrap_group(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The error to report from a nursery's exception group: its first real failure.
+
+    Cancellation alone is passed through as the group itself, so trio can route it.
+    """
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = unwrap_group(exc)
+            if inner is not exc:
+                return inner
+        elif not _is_cancelled(exc):
+            return exc
+    return group
+
+
+def _is_cancelled(exc: BaseException) -> bool:
+    return type(exc).__name__ == "Cancelled" and type(exc).__module__.startswith("trio")

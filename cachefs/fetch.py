@@ -36,6 +36,7 @@ from .errors import (
     ObjectChanged,
     StoreUnavailable,
     TimedOut,
+    unwrap_group,
 )
 from .integrity import EtagCheck, decode_crcs, expected_sha256
 from .stats import Progress, Stats
@@ -207,11 +208,12 @@ class Fetch:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
-        await self.wait_range(offset, end, timeout)
         if self._closed:
-            raise CacheFSError(f"{self.key}: fetch closed")  # caller reopens from the blob
+            raise CacheFSError(f"{self.key}: fetch already closed")
+        # Counted from the start: the file stays open while anyone waits to read it.
         self._active_reads += 1
         try:
+            await self.wait_range(offset, end, timeout)
             return await trio.to_thread.run_sync(os.pread, self.fd, end - offset, offset,
                                                  limiter=disk)
         finally:
@@ -428,16 +430,19 @@ class Fetcher:
 
         check = EtagCheck(info.etag, info.size) if self.etag_is_md5 else None
         builder = DigestBuilder()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._hash, fetch, builder, check)
-            slots = trio.Semaphore(self.parallel)
-            while True:
-                await slots.acquire()
-                part = fetch.next_range()
-                if part is None:
-                    slots.release()
-                    break
-                nursery.start_soon(self._part_task, fetch, part, slots, progress)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._hash, fetch, builder, check)
+                slots = trio.Semaphore(self.parallel)
+                while True:
+                    await slots.acquire()
+                    part = fetch.next_range()
+                    if part is None:
+                        slots.release()
+                        break
+                    nursery.start_soon(self._part_task, fetch, part, slots, progress)
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
         digest, crcs = builder.finish()
         etag_ok = check.matches() if check is not None and check.possible else None
         self._check_content(fetch, info, digest, etag_ok, accept_sha)

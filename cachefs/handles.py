@@ -69,6 +69,8 @@ class ReadHandle:
                 # The fetch finished: read the verified blob from now on.
                 with contextlib.suppress(OSError, KeyError):
                     self.reader = self.open_blob(self.fetch.digest)
+                    if self.node.etag == self.fetch.etag:
+                        self.node.digest = self.fetch.digest
                     self.fetch = None
             if self.reader is not None:
                 try:

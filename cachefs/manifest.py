@@ -94,14 +94,17 @@ class ManifestWriter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        delay = INTERVAL
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await trio.sleep(INTERVAL)
+            await trio.sleep(delay)
             try:
                 await self.flush()
+                delay = INTERVAL
             except CacheFSError as e:
-                log.warning("writing directory manifests failed (will retry): %s", e)
+                log.warning("writing directory manifests failed (retry in %.0fs): %s", delay, e)
+                delay = min(delay * 2, 60.0)
 
     async def flush(self) -> None:
         """Write every pending change now."""
@@ -111,11 +114,14 @@ class ManifestWriter:
                 return
             await self.metadata.save_manifest_dirty(
                 (d, n) for d, names in work.items() for n in names)
+            errors: list[str] = []
             async with trio.open_nursery() as nursery:
                 for directory, names in work.items():
-                    nursery.start_soon(self._flush_dir, directory, names)
+                    nursery.start_soon(self._flush_dir, directory, names, errors)
+            if errors:
+                raise CacheFSError(f"{len(errors)} manifest(s) not written: {errors[0]}")
 
-    async def _flush_dir(self, directory: str, names: set[str]) -> None:
+    async def _flush_dir(self, directory: str, names: set[str], errors: list[str]) -> None:
         changes = await self.entries_for(directory, names)
         if changes is None:  # the directory is gone
             await self.metadata.clear_manifest_dirty(directory, names)
@@ -144,10 +150,11 @@ class ManifestWriter:
 
         try:
             etag = await trio.to_thread.run_sync(write, limiter=self.s3)
-        except CacheFSError:
+        except CacheFSError as e:
             self.failures += 1
+            errors.append(str(e))
             for name in names:
                 self.mark(directory, name)
-            raise
+            return
         self.on_written(directory, etag)
         await self.metadata.clear_manifest_dirty(directory, set(ready))

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from .blobs import BlobTier
-from .errors import CacheFSError, NotFound
+from .errors import CacheFSError, NotFound, unwrap_group
 from .stats import Stats
 from .store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
 
@@ -368,9 +368,12 @@ class WriteBack:
                         limiter=self.s3)
                     progress.done += len(data)
 
-            async with trio.open_nursery() as nursery:
-                for number, offset in enumerate(range(0, op.size, part_size), 1):
-                    nursery.start_soon(part, number, offset)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for number, offset in enumerate(range(0, op.size, part_size), 1):
+                        nursery.start_soon(part, number, offset)
+            except BaseExceptionGroup as group:
+                raise unwrap_group(group) from None
             parts = sorted(etags.items())
             return await trio.to_thread.run_sync(self.store.complete_multipart, op.key,
                                                  upload_id, parts, op.size, limiter=self.s3)

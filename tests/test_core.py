@@ -1,0 +1,228 @@
+"""The core driven directly over the in-memory store: fast checks of read and write rules."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cachefs.errors import CacheFSError, Exists, IsADirectory, NotEmpty, ReadOnly
+from cachefs.nodes import Kind
+
+from .harness import running_core
+from .memstore import MemoryStore
+
+
+def gets(store: MemoryStore, key: str) -> int:
+    return sum(1 for what, k in store.requests if what == "get" and k == key)
+
+
+async def test_small_file_is_fetched_once_then_served_locally(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("tools/a.txt", b"hello world")
+    async with running_core(store, tmp_path / "c") as core:
+        assert await core.ls("") == ["tools"]
+        assert await core.cat("tools/a.txt") == b"hello world"
+        assert await core.cat("tools/a.txt") == b"hello world"
+        assert gets(store, "tools/a.txt") == 1
+    # A new process with the same cache dir: served from the blob tier.
+    async with running_core(store, tmp_path / "c") as core:
+        assert await core.cat("tools/a.txt") == b"hello world"
+        assert gets(store, "tools/a.txt") == 1
+
+
+async def test_large_file_in_ranged_parts(tmp_path: Path) -> None:
+    store = MemoryStore()
+    payload = os.urandom(21 << 20)
+    store.add("big.bin", payload)
+    async with running_core(store, tmp_path / "c") as core:
+        assert await core.cat("big.bin") == payload
+        assert gets(store, "big.bin") > 3  # 1 + 2 + 4 + 8 + ... MiB parts
+        node = await core.node("big.bin")
+        assert node.digest == hashlib.sha256(payload).hexdigest()
+        assert core.daemon.blobs.has(node.digest)
+
+
+async def test_corrupt_blob_is_refetched_not_served(tmp_path: Path) -> None:
+    store = MemoryStore()
+    payload = os.urandom(300_000)
+    store.add("f", payload)
+    async with running_core(store, tmp_path / "c") as core:
+        assert await core.cat("f") == payload
+        digest = (await core.node("f")).digest
+        assert digest is not None
+        path = core.daemon.blobs.path(digest)
+        data = bytearray(path.read_bytes())
+        data[1000] ^= 0xFF
+        path.write_bytes(bytes(data))
+        assert await core.cat("f") == payload
+        assert gets(store, "f") == 2
+
+
+async def test_content_mismatch_with_recorded_digest_fails(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("f", b"actual bytes", **{"cachefs-sha256": "0" * 64})
+    async with running_core(store, tmp_path / "c") as core:
+        with pytest.raises(CacheFSError) as info:
+            await core.cat("f")
+        assert info.value.errno == errno.EIO
+        assert not core.daemon.blobs.entries
+
+
+async def test_write_then_read_back_without_download(tmp_path: Path) -> None:
+    store = MemoryStore()
+    async with running_core(store, tmp_path / "c") as core:
+        await core.write("out.txt", b"built")
+        data, info = store.objects["out.txt"]
+        assert data == b"built"
+        assert info.metadata["cachefs-sha256"] == hashlib.sha256(b"built").hexdigest()
+        assert info.metadata["mode"] == str(0o100644)
+        assert await core.cat("out.txt") == b"built"
+        assert gets(store, "out.txt") == 0
+
+
+async def test_multipart_upload_for_large_files(tmp_path: Path) -> None:
+    store = MemoryStore()
+    payload = os.urandom(20 << 20)
+    async with running_core(store, tmp_path / "c") as core:
+        await core.write("big", payload)
+    assert store.objects["big"][0] == payload
+    assert store.objects["big"][1].etag.endswith('-3"')
+
+
+async def test_overwrite_keeps_old_content_for_open_readers(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("k", b"old content")
+    async with running_core(store, tmp_path / "c") as core:
+        node = await core.node("k")
+        reader, _ = await core.fs.open(node, os.O_RDONLY)
+        await core.write("k", b"new content!")
+        assert await core.fs.read(reader, 0, 100) == b"old content"
+        await core.fs.release(reader)
+        assert await core.cat("k") == b"new content!"
+
+
+async def test_namespace_operations(tmp_path: Path) -> None:
+    store = MemoryStore()
+    async with running_core(store, tmp_path / "c") as core:
+        root = await core.node("")
+        d = await core.fs.mkdir(root, "d", 0o755, 0, 0)
+        assert "d/" in store.objects
+        await core.write("d/f", b"1")
+        with pytest.raises(NotEmpty):
+            await core.fs.rmdir(root, "d")
+        with pytest.raises(Exists):
+            await core.fs.mkdir(root, "d", 0o755, 0, 0)
+        with pytest.raises(IsADirectory):
+            await core.fs.unlink(root, "d")
+        await core.fs.symlink(d, "link", "f", 0, 0)
+        assert store.objects["d/link"][0] == b"f"
+        await core.fs.rename(d, "f", d, "g")
+        assert "d/f" not in store.objects and store.objects["d/g"][0] == b"1"
+        await core.fs.rename(root, "d", root, "e")
+        assert sorted(k for k in store.objects if not k.endswith(".cachefs.dir")) == \
+            ["e/", "e/g", "e/link"]
+        assert await core.cat("e/g") == b"1"
+        e = await core.node("e")
+        await core.fs.unlink(e, "g")
+        await core.fs.unlink(e, "link")
+        await core.fs.rmdir(root, "e")
+        assert not [k for k in store.objects if k.startswith("e/")]
+
+
+async def test_attributes_survive_in_the_manifest(tmp_path: Path) -> None:
+    store = MemoryStore()
+    async with running_core(store, tmp_path / "a") as core:
+        node = await core.write("x", b"data")
+        await core.fs.setattr(node, mode=0o555, mtime_ns=1_000_000_000_000)
+        root = await core.node("")
+        await core.fs.symlink(root, "l", "x", 0, 0)
+        await core.fs.sync()
+    async with running_core(store, tmp_path / "b") as core:
+        node = await core.node("x")
+        assert node.mode == 0o555 and node.mtime_ns == 1_000_000_000_000
+        link = await core.node("l")
+        assert link.kind is Kind.LINK and link.target == "x"
+
+
+async def test_s3fs_metadata_is_read(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("tool", b"#!/bin/sh\n", mode=str(0o100755), mtime="1600000000", uid="1000")
+    async with running_core(store, tmp_path / "c") as core:
+        await core.cat("tool")
+        node = await core.node("tool")
+        assert node.mode == 0o755 and node.mtime_ns == 1_600_000_000 * 10**9
+        assert node.uid == 1000
+
+
+async def test_changed_object_seen_after_ttl(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("k", b"version 1")
+    async with running_core(store, tmp_path / "c", metadata_ttl=0.2) as core:
+        assert await core.cat("k") == b"version 1"
+        store.add("k", b"version two")
+        store.add("new", b"n")
+        time.sleep(0.25)
+        assert await core.cat("k") == b"version two"
+        assert "new" in await core.ls("")
+        store.delete("new")
+        time.sleep(0.25)
+        assert "new" not in await core.ls("")
+
+
+async def test_keys_that_cannot_be_paths_are_skipped(tmp_path: Path) -> None:
+    store = MemoryStore()
+    for key in ("ok.txt", "a//b", "./x", "dir/../y", "z" * 300, "both", "both/child"):
+        store.add(key, b"1")
+    async with running_core(store, tmp_path / "c") as core:
+        names = await core.ls("")
+        assert names == ["a", "both", "dir", "ok.txt"]
+        assert await core.ls("a") == []  # 'a//b' has an empty component
+        assert (await core.node("both")).kind is Kind.DIR
+        assert await core.ls("dir") == []
+
+
+async def test_read_only_refuses_changes(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("k", b"1")
+    async with running_core(store, tmp_path / "c", read_only=True) as core:
+        root = await core.node("")
+        with pytest.raises(ReadOnly):
+            await core.fs.mkdir(root, "d", 0o755, 0, 0)
+        with pytest.raises(ReadOnly):
+            await core.fs.open(await core.node("k"), os.O_WRONLY)
+        with pytest.raises(ReadOnly):
+            await core.fs.unlink(root, "k")
+        assert await core.cat("k") == b"1"
+
+
+async def test_cached_files_readable_while_store_down(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("d/cached", b"here")
+    store.add("d/not-cached", b"there")
+    async with running_core(store, tmp_path / "c", metadata_ttl=0.1, timeout=2) as core:
+        assert await core.cat("d/cached") == b"here"
+        store.down = True
+        time.sleep(0.15)
+        assert await core.cat("d/cached") == b"here"
+        with pytest.raises(CacheFSError) as info:
+            await core.cat("d/not-cached")
+        assert info.value.errno == errno.EIO
+
+
+async def test_async_writeback_replays_after_crash(tmp_path: Path) -> None:
+    store = MemoryStore()
+    async with running_core(store, tmp_path / "c", writeback="async") as core:
+        await core.ls("")
+        store.down = True
+        await core.write("saved", b"closed before the crash")
+        assert "saved" not in store.objects
+        core.daemon.writeback.journal.close()  # what a kill -9 leaves: the journal on disk
+    store.down = False
+    async with running_core(store, tmp_path / "c", writeback="async") as core:
+        await core.fs.sync()
+        assert store.objects["saved"][0] == b"closed before the crash"

@@ -1,0 +1,156 @@
+"""One contract, four stores: the in-memory fake, the local dir store, SeaweedFS and moto.
+
+The fake is only trusted because it passes the same tests as the real servers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cachefs.config import Credentials
+from cachefs.errors import AccessDenied, BucketNotFound, NotFound, ObjectChanged
+from cachefs.store import Store
+from cachefs.store.local import LocalStore
+from cachefs.store.s3 import S3Store
+
+from .conftest import new_bucket
+from .memstore import MemoryStore
+from .servers import KEY_ID, SECRET, S3Server
+
+
+def s3_store(server: S3Server, bucket: str, secret: str = SECRET) -> S3Store:
+    return S3Store(bucket, server.endpoint, "us-east-1", Credentials(KEY_ID, secret, "t", "t"),
+                   connections=8, timeout=10)
+
+
+@pytest.fixture(params=["memory", "local", "seaweed", "moto"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    kind = request.param
+    if kind == "memory":
+        yield MemoryStore()
+    elif kind == "local":
+        s = LocalStore(tmp_path / "store")
+        s.ensure()
+        yield s
+    else:
+        server = request.getfixturevalue(kind)
+        yield s3_store(server, new_bucket(server))
+
+
+def test_put_head_read_with_metadata(store: Store) -> None:
+    info = store.put("a/b.txt", b"hello", {"mode": "33188", "cachefs-sha256": "x" * 64})
+    assert info.etag.strip('"') == hashlib.md5(b"hello").hexdigest()
+    head = store.head("a/b.txt")
+    assert head.size == 5 and head.etag == info.etag
+    assert head.metadata["mode"] == "33188"
+    got_info, data = store.read_all("a/b.txt")
+    assert data == b"hello" and got_info.metadata["cachefs-sha256"] == "x" * 64
+
+
+def test_ranged_read_reports_whole_size(store: Store) -> None:
+    payload = os.urandom(100_000)
+    etag = store.put("r", payload, {}).etag
+    with store.open_read("r", 1000, 5000, etag=etag) as stream:
+        assert stream.info.size == 100_000
+        data = b""
+        while chunk := stream.read(1024):
+            data += chunk
+    assert data == payload[1000:6000]
+
+
+def test_stale_etag_is_refused(store: Store) -> None:
+    store.put("k", b"one", {})
+    with pytest.raises(ObjectChanged):
+        store.open_read("k", 0, 2, etag='"0123456789abcdef0123456789abcdef"').read(2)
+
+
+def test_missing_key(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.head("nope")
+    with pytest.raises(NotFound):
+        store.open_read("nope")
+    store.delete("nope")  # deleting what is not there is fine
+
+
+def test_empty_object(store: Store) -> None:
+    store.put("empty", b"", {})
+    info, data = store.read_all("empty")
+    assert info.size == 0 and data == b""
+
+
+def test_listing_with_delimiter(store: Store) -> None:
+    for key in ("p/a.txt", "p/sub/x", "p/sub/y", "p/marker/", "p/héllo wörld.txt",
+                "p/both", "p/both/child", "other"):
+        store.put(key, b"1", {})
+    page = store.list_all("p/", "/")
+    keys = sorted(o.key for o in page.objects)
+    assert keys == sorted(["p/a.txt", "p/both", "p/héllo wörld.txt"])
+    assert sorted(page.prefixes) == ["p/both/", "p/marker/", "p/sub/"]
+    flat = store.list_all("p/", None)
+    assert sorted(o.key for o in flat.objects) == sorted(
+        ["p/a.txt", "p/sub/x", "p/sub/y", "p/marker/", "p/héllo wörld.txt", "p/both",
+         "p/both/child"])
+    partial = store.list_all("p/s", "/")
+    assert partial.prefixes == ["p/sub/"] and partial.objects == []
+
+
+def test_listing_pages(store: Store) -> None:
+    keys = [f"many/{i:05d}" for i in range(1050)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: store.put(k, b"", {}), keys))
+    pages = list(store.list_pages("many/", "/"))
+    assert sum(len(p.objects) for p in pages) == 1050
+    assert [o.key for p in pages for o in p.objects] == keys
+
+
+def test_multipart(store: Store) -> None:
+    part1, part2 = os.urandom(5 << 20), b"tail"
+    upload = store.create_multipart("big", {"mode": "33261"})
+    e1 = store.upload_part("big", upload, 1, part1)
+    e2 = store.upload_part("big", upload, 2, part2)
+    info = store.complete_multipart("big", upload, [(1, e1), (2, e2)], len(part1) + 4)
+    assert info.etag.strip('"').endswith("-2")
+    head = store.head("big")
+    assert head.size == len(part1) + 4 and head.metadata["mode"] == "33261"
+    assert store.read_all("big")[1] == part1 + part2
+
+
+def test_abort_multipart(store: Store) -> None:
+    upload = store.create_multipart("never", {})
+    store.upload_part("never", upload, 1, b"x" * 10)
+    store.abort_multipart("never", upload)
+    with pytest.raises(NotFound):
+        store.head("never")
+
+
+def test_copy(store: Store) -> None:
+    store.put("src", b"data", {"mode": "1"})
+    store.copy("src", "dst1")
+    assert store.head("dst1").metadata["mode"] == "1"
+    store.copy("src", "dst2", {"mode": "2"})
+    assert store.head("dst2").metadata["mode"] == "2"
+    assert store.read_all("dst2")[1] == b"data"
+    with pytest.raises(NotFound):
+        store.copy("missing", "dst3")
+
+
+def test_delete_many(store: Store) -> None:
+    for i in range(5):
+        store.put(f"d/{i}", b"x", {})
+    store.delete_many([f"d/{i}" for i in range(5)] + ["d/missing"])
+    assert store.list_all("d/", None).objects == []
+
+
+@pytest.mark.s3
+def test_missing_bucket_and_bad_credentials(seaweed: S3Server) -> None:
+    with pytest.raises(BucketNotFound):
+        s3_store(seaweed, "no-such-bucket-here").check()
+    bucket = new_bucket(seaweed)
+    with pytest.raises(AccessDenied):
+        s3_store(seaweed, bucket, secret="wrong-secret").check()
