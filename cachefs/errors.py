@@ -117,7 +117,7 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
-def unwrap_group(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+def unwrap_group(group: BaseExceptionGroup) -> BaseException:
     """The error to report from a nursery's exception group: its first real failure.
 
     Cancellation alone is passed through as the group itself, so trio can route it.

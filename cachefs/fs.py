@@ -9,6 +9,7 @@ limiters (store, disk, CPU).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from .errors import (
     Exists,
     InvalidArgument,
     IsADirectory,
+    NoSpace,
     NotADirectory,
     NotEmpty,
     NotFound,
@@ -237,7 +239,8 @@ class CacheFS:
         fd = await trio.to_thread.run_sync(make, limiter=self.limits.disk)
         if source is not None:
             self.blobs.touch(source)
-        return Staging(path, fd, node.size if source is not None else 0)
+        size = node.size if source is not None else 0
+        return Staging(path, fd, size, base_size=node.size)
 
     async def _truncate(self, staging: Staging, size: int) -> None:
         await trio.to_thread.run_sync(os.ftruncate, staging.fd, size, limiter=self.limits.disk)
@@ -257,15 +260,36 @@ class CacheFS:
         if not isinstance(handle, WriteHandle):
             raise CacheFSError("file is not open for writing")
         node, staging = handle.node, handle.staging
+        if staging.broken:
+            raise OSError(staging.broken_errno, staging.broken)
         if staging.sealed:
             await self._unseal(node, staging)
-        written = await trio.to_thread.run_sync(os.pwrite, staging.fd, data, offset,
-                                                limiter=self.limits.disk)
+        try:
+            written = await self._pwrite(staging, data, offset)
+        except OSError as e:
+            staging.broken = f"{node.path()}: {e.strerror}; the file is not saved"
+            staging.broken_errno = e.errno or errno.EIO
+            raise OSError(staging.broken_errno, staging.broken) from None
         staging.size = max(staging.size, offset + written)
         node.size = staging.size
         node.mtime_ns = node.ctime_ns = now_ns()
         staging.dirty = handle.dirty = True
         return written
+
+    async def _pwrite(self, staging: Staging, data: bytes, offset: int) -> int:
+        """Write to a staging file; on a full disk, evict from the blob tier and try again."""
+        try:
+            return await trio.to_thread.run_sync(os.pwrite, staging.fd, data, offset,
+                                                 limiter=self.limits.disk)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            try:
+                await self.blobs.make_room(max(len(data), 16 << 20))
+            except NoSpace:
+                raise e from None
+            return await trio.to_thread.run_sync(os.pwrite, staging.fd, data, offset,
+                                                 limiter=self.limits.disk)
 
     async def flush(self, fh: int) -> None:
         """close(2): in sync mode, returns once the content is in the store."""
@@ -287,7 +311,7 @@ class CacheFS:
             if isinstance(handle, WriteHandle):
                 staging = handle.staging
                 try:
-                    if staging.dirty:
+                    if staging.dirty and not staging.broken:
                         await self._commit(node)
                 except CacheFSError as e:
                     log.warning("%s: not saved at release: %s", node.path(), e)
@@ -297,11 +321,23 @@ class CacheFS:
                         staging.close()
                         if node.staging is staging:
                             node.staging = None
+                            if staging.broken:
+                                self._abandon(node, staging)
             else:
                 handle.close()
                 node.readers -= 1
         finally:
             self.table.release(node)
+
+    def _abandon(self, node: Node, staging: Staging) -> None:
+        """A write failed: the file goes back to its last saved content (or away, if new)."""
+        log.warning("%s", staging.broken)
+        parent = node.parent
+        if node.digest is None and node.etag is None and parent is not None:
+            self._remove(parent, node.name, node)
+            self.ns.notifier.entry_removed(parent.ino, node.name, node.ino)
+        else:
+            node.size = staging.base_size
 
     async def _commit(self, node: Node, wait: bool | None = None) -> None:
         """Seal the node's staging file into the blob tier and hand it to write-back."""
@@ -309,6 +345,8 @@ class CacheFS:
         if staging is None:
             return
         async with staging.lock:
+            if staging.broken:
+                raise OSError(staging.broken_errno, staging.broken)
             if not staging.dirty:
                 if staging.error:
                     raise CacheFSError(staging.error)
@@ -631,9 +669,14 @@ class CacheFS:
         for obj in listing.objects:
             if obj.key in local or self.wb.pending_kind(obj.key) == "delete":
                 continue
-            moved = self.ns.find_key(obj.key)
-            items.append((moved, "move", new_prefix + obj.key[len(old_prefix):],
-                          {"src": obj.key}))
+            new_key = new_prefix + obj.key[len(old_prefix):]
+            if obj.key.endswith("/"):
+                # Directory markers are re-created, not copied: some stores (SeaweedFS) keep
+                # directories as real directories and refuse to copy them.
+                items.append((None, "put", new_key, {"meta": {}}))
+                items.append((None, "delete", obj.key, {}))
+                continue
+            items.append((self.ns.find_key(obj.key), "move", new_key, {"src": obj.key}))
         for key, child in local.items():
             for kind, k, kw in self._move_ops(child, new_prefix + key[len(old_prefix):]):
                 items.append((child if kind != "delete" else None, kind, k, kw))

@@ -34,6 +34,11 @@ class Staging:
     sealed: bool = False
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
     error: str = ""
+    #: a write failed (disk full): this content must never be stored
+    broken: str = ""
+    broken_errno: int = 0
+    #: size of the content the staging file started from, restored if it breaks
+    base_size: int = 0
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -135,7 +135,8 @@ class SeaweedFS(S3Server):
         client = self.client()
         while True:
             try:
-                client.create_bucket(Bucket="cachefs-warmup")
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    client.create_bucket(Bucket="cachefs-warmup")
                 client.put_object(Bucket="cachefs-warmup", Key="x", Body=b"x")
                 return
             except Exception:
