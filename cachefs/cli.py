@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -245,7 +246,9 @@ def _print_stats(stats: dict[str, Any]) -> None:
     print(f"cache      {_human(cache.get('bytes', 0))} of {_human(cache.get('capacity', 0))} "
           f"in {cache.get('blobs', 0)} blobs, {cache.get('evictions', 0)} evicted")
     print(f"hits       local {counters.get('hits_local', 0)}  "
-          f"store {counters.get('hits_store', 0)}  origin {counters.get('origin_misses', 0)}")
+          f"store {counters.get('hits_store', 0)}  "
+          f"origin misses {counters.get('origin_misses', 0)} "
+          f"(held for approval {counters.get('origin_misses_held', 0)})")
     print(f"bytes      from store {_human(counters.get('bytes_from_store', 0))}  "
           f"from origin {_human(counters.get('bytes_from_origin', 0))}  "
           f"to store {_human(counters.get('bytes_to_store', 0))}")
@@ -260,6 +263,15 @@ def _print_stats(stats: dict[str, Any]) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    if args.keys:
+        report = _mount_control(args.mountpoint, "keys")
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            for item in report["keys"]:
+                counts = "  ".join(f"{k} {v}" for k, v in item.items() if k != "key")
+                print(f"{item['key']}  {counts}")
+        return OK
     while True:
         stats = _mount_control(args.mountpoint, "stats")
         if args.json:
@@ -271,6 +283,79 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if not args.watch:
             return OK
         time.sleep(args.interval)
+
+
+def find_mount(path: Path) -> tuple[Path, str]:
+    """The cachefs mount containing ``path`` (which may not exist yet) and the relative path."""
+    path = Path(os.path.abspath(path))
+    probe = path.parent
+    while not os.path.ismount(probe):
+        if probe == probe.parent:
+            raise Failure(f"{path} is not inside a mount")
+        probe = probe.parent
+    _mount_control(str(probe), "pid")  # a cachefs mount, or Failure
+    return probe, path.relative_to(probe).as_posix()
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.color = self.enabled and not os.environ.get("NO_COLOR")
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        width = 30
+        filled = int(width * done / total)
+        bar = "#" * filled + "-" * (width - filled)
+        if self.color:
+            bar = f"\033[32m{bar[:filled]}\033[0m{bar[filled:]}"
+        print(f"\r{self.label} [{bar}] {_human(done)}/{_human(total)}", end="",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def _watch_transfer(mountpoint: Path, key_suffix: str, progress: Progress,
+                    done: threading.Event) -> None:
+    while not done.wait(0.2):
+        with contextlib.suppress(Failure, OSError):
+            for item in _mount_control(str(mountpoint), "stats").get("in_flight", []):
+                if item["key"].endswith(key_suffix):
+                    progress.update(item["done"], item["total"])
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    code = OK
+    for text in args.paths:
+        mountpoint, rel = find_mount(Path(text))
+        progress = Progress(rel)
+        done = threading.Event()
+        watcher = threading.Thread(target=_watch_transfer, args=(mountpoint, rel, progress, done),
+                                   daemon=True)
+        watcher.start()
+        try:
+            os.setxattr(mountpoint, "user.cachefs.fetch", rel.encode())
+        except OSError as e:
+            done.set()
+            progress.close()
+            if e.errno == errno.ENOENT:
+                print(f"cachefs: {text}: not at the origin", file=sys.stderr)
+                code = max(code, MISS)
+            else:
+                print(f"cachefs: {text}: {e.strerror} (see the mount's log)", file=sys.stderr)
+                code = FAIL
+            continue
+        done.set()
+        watcher.join()
+        progress.close()
+        print(f"fetched {text}")
+    return code
 
 
 # -- commands without a mount ---------------------------------------------------------------
@@ -411,6 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--keys", action="store_true",
+                   help="hits and misses per key (the 300 most recently used)")
+
+    p = command("fetch", cmd_fetch, "fetch files from their origin into the cache and store", """
+        examples:
+          cachefs fetch /cache/go-dl/go1.26.3.linux-amd64.tar.gz
+          cachefs fetch /cache/vendor/a.tgz /cache/vendor/b.tgz
+
+        For directories with an origin (user.cachefs.origin). In curate mode
+        (--origin-fetch curate, or user.cachefs.origin-fetch=curate) a miss is only
+        recorded and readers get ENOENT until this command approves it. Downloads, checks
+        the pinned SHA-256 if any, uploads to the store, with a progress bar on a terminal.
+        Exit 0 if all were fetched, 1 if one was not at the origin, 2 on errors.""")
+    p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = command("doctor", cmd_doctor, "check that a store works: reach, write, read, delete", """
         examples:

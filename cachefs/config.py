@@ -128,6 +128,10 @@ FIELDS: tuple[Field, ...] = (
     Field("secret_file", str, lambda: None, "file holding the S3 secret access key"),
     Field("allow_other", parse_bool, lambda: False,
           "let other users use the mount; permissions are then checked by the kernel"),
+    Field("origin", parse_list, list,
+          "PATH=URL: names under PATH that the store lacks are fetched from URL (repeatable)"),
+    Field("origin_fetch", parse_choice("auto", "curate"), lambda: "auto",
+          "auto: fetch origin misses when read; curate: only after `cachefs fetch` approves"),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
@@ -149,6 +153,8 @@ class Config:
     key_file: str | None
     secret_file: str | None
     allow_other: bool
+    origin: list[str]
+    origin_fetch: str
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Config:

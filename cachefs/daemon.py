@@ -36,6 +36,7 @@ from .errors import (
     ConfigError,
     StoreUnavailable,
 )
+from .fallback import OriginFallback, parse_origin_options, validate_setting
 from .fetch import Fetcher
 from .fs import CacheFS, Limiters, Options
 from .fuse_ops import FuseOps, KernelNotifier
@@ -43,6 +44,7 @@ from .manifest import ManifestWriter
 from .metadata import MetadataCache
 from .namespace import Namespace
 from .nodes import InodeTable
+from .origin import OriginClient
 from .stats import Stats
 from .store import Store, open_store
 from .store.local import LocalStore
@@ -145,8 +147,13 @@ class Daemon:
         self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
                             ttl=config.metadata_ttl, notifier=self.notifier,
                             pending_kind=self.writeback.pending_kind)
+        self.origin_client = OriginClient(config.timeout)
         self.fetcher = Fetcher(store, self.blobs, s3=self.limiters.s3, disk=self.limiters.disk,
-                               cpu=self.limiters.cpu, stats=self.stats)
+                               cpu=self.limiters.cpu, stats=self.stats,
+                               origin=self.origin_client)
+        self.origins = OriginFallback(self.origin_client, self.ns, self.table, self.metadata,
+                                      self.stats, mount_origins=parse_origin_options(config.origin),
+                                      default_mode=config.origin_fetch, ttl=config.metadata_ttl)
         self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
                                         entries_for=self._manifest_entries,
                                         on_written=self._manifest_written)
@@ -155,8 +162,10 @@ class Daemon:
                           metadata=self.metadata, stats=self.stats, limiters=self.limiters,
                           options=Options(read_only=config.read_only,
                                           sync_writes=config.writeback == "sync",
-                                          timeout=config.timeout, ttl=config.metadata_ttl))
-        self.xattrs = Xattrs(self.fs, self.control)
+                                          timeout=config.timeout, ttl=config.metadata_ttl),
+                          origins=self.origins)
+        self.xattrs = Xattrs(self.fs, self.control, validate_setting=validate_setting,
+                             actions={"fetch": self._approve})
         self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
 
     def start(self) -> None:
@@ -184,6 +193,9 @@ class Daemon:
             node.manifest_etag = etag
             self.metadata.mark(node)
 
+    async def _approve(self, path: str) -> None:
+        await self.fs.approve(path)
+
     async def control(self, name: str) -> dict[str, Any] | str:
         """Answers to the root's control attributes (see xattrs.py)."""
         if name == "pid":
@@ -198,6 +210,8 @@ class Daemon:
             return self.fs.status()
         if name == "sync":
             return await self.fs.sync()
+        if name == "keys":
+            return {"keys": self.stats.key_report(300)}
         return self.stats_snapshot()
 
     def stats_snapshot(self) -> dict[str, Any]:
@@ -251,6 +265,8 @@ class Daemon:
                 yield services
             finally:
                 services.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await self.origin_client.aclose()
 
     async def finish(self) -> None:
         """After the mount is gone: give pending uploads a last chance, save the index."""

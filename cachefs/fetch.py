@@ -22,7 +22,7 @@ import logging
 import os
 import zlib
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,6 +39,7 @@ from .errors import (
     unwrap_group,
 )
 from .integrity import EtagCheck, decode_crcs, expected_sha256
+from .origin import OriginClient, OriginInfo
 from .stats import Progress, Stats
 from .store import ObjectInfo, Store
 
@@ -240,7 +241,7 @@ class Fetcher:
 
     def __init__(self, store: Store, blobs: BlobTier, *, s3: trio.CapacityLimiter,
                  disk: trio.CapacityLimiter, cpu: trio.CapacityLimiter, stats: Stats,
-                 parallel: int = PARALLEL) -> None:
+                 parallel: int = PARALLEL, origin: OriginClient | None = None) -> None:
         self.store = store
         self.blobs = blobs
         self.s3 = s3
@@ -250,7 +251,10 @@ class Fetcher:
         self.parallel = parallel
         self.active: dict[tuple[str, str], Fetch] = {}
         self.etag_is_md5 = True
+        self.origin = origin
         self._nursery: trio.Nursery | None = None
+        #: called once an origin fetch is complete and in the blob tier (uploads it)
+        self.after_origin: Callable[[Fetch, OriginInfo], Awaitable[None]] = _nothing
         #: called with the object's info once its first response arrives (attrs from headers)
         self.on_info: Callable[[ObjectInfo], None] = lambda info: None
 
@@ -270,9 +274,25 @@ class Fetcher:
         self._nursery.start_soon(self._job, fetch)
         return fetch
 
+    def fetch_origin(self, key: str, info: OriginInfo, expected_sha: str | None) -> Fetch:
+        """Stream ``info.url`` into the blob tier, serving readers as bytes arrive."""
+        etag = "origin:" + info.url
+        existing = self.active.get((key, etag))
+        if existing is not None:
+            return existing
+        fetch = Fetch(key, etag, info.size)
+        fetch.hold_tail = expected_sha is not None
+        self.active[(key, etag)] = fetch
+        assert self._nursery is not None, "Fetcher.run() is not running"
+        self._nursery.start_soon(self._origin_job, fetch, info, expected_sha)
+        return fetch
+
     async def fetch_whole(self, key: str, etag: str, size: int) -> str:
         """Fetch and wait; returns the digest of the blob."""
-        fetch = self.fetch(key, etag, size)
+        return await self.wait(self.fetch(key, etag, size))
+
+    @staticmethod
+    async def wait(fetch: Fetch) -> str:
         await fetch.done.wait()
         if fetch.error is not None:
             raise fetch.error
@@ -320,6 +340,57 @@ class Fetcher:
             self.active.pop((fetch.key, fetch.etag), None)
             self.stats.end(progress)
             if not fetch.done.is_set():  # cancelled at shutdown
+                fetch.fail(CacheFSError("fetch cancelled"))
+
+    async def _origin_job(self, fetch: Fetch, info: OriginInfo, expected: str | None) -> None:
+        progress = self.stats.begin("origin", fetch.key, fetch.size)
+        try:
+            assert self.origin is not None
+            fetch.path = self.blobs.new_temp_path("origin")
+            fetch.fd = os.open(fetch.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            state = {"builder": DigestBuilder()}
+
+            def write(offset: int, data: bytes) -> None:
+                if offset == 0 and state["builder"].size:
+                    state["builder"] = DigestBuilder()
+                    os.ftruncate(fetch.fd, 0)
+                _pwrite_all(fetch.fd, data, offset)
+                state["builder"].update(data)
+
+            async def sink(offset: int, data: bytes) -> None:
+                if offset == 0 and fetch.received.total():
+                    self._reset(fetch)
+                await trio.to_thread.run_sync(write, offset, data, limiter=self.disk)
+                fetch.received.add(offset, offset + len(data))
+                fetch.release_received()
+                progress.done = offset + len(data)
+
+            await self.origin.download(info, sink)
+            digest, crcs = state["builder"].finish()
+            if expected and digest != expected:
+                raise ChecksumMismatch(f"{info.url}: SHA-256 is {digest}, expected {expected} "
+                                       "(pinned): nothing kept, nothing uploaded")
+            await self.blobs.commit(fetch.path, digest, fetch.size, crcs)
+            self.stats.count("origin_fetches")
+            self.stats.count("bytes_from_origin", fetch.size)
+            fetch.digest = digest
+            try:  # queue the upload before anyone learns the fetch is done
+                await self.after_origin(fetch, info)
+            except CacheFSError as e:
+                log.warning("%s: fetched from its origin, but not queued for upload: %s",
+                            fetch.key, e)
+            fetch.finish(digest)
+        except CacheFSError as e:
+            log.warning("fetching %s from its origin failed: %s", fetch.key, e)
+            self.stats.error("origin_" + type(e).__name__)
+            fetch.fail(e)
+        except OSError as e:
+            log.warning("fetching %s from its origin failed: %s", fetch.key, e)
+            fetch.fail(NoSpace(str(e)) if e.errno == 28 else CacheFSError(str(e)))
+        finally:
+            self.active.pop((fetch.key, fetch.etag), None)
+            self.stats.end(progress)
+            if not fetch.done.is_set():
                 fetch.fail(CacheFSError("fetch cancelled"))
 
     def _reset(self, fetch: Fetch) -> None:
@@ -525,6 +596,10 @@ class Fetcher:
 
             await trio.to_thread.run_sync(digest, pos, avail, limiter=self.cpu)
             pos = avail
+
+
+async def _nothing(fetch: Fetch, info: OriginInfo) -> None:
+    pass
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -33,13 +33,15 @@ from .errors import (
     NotPermitted,
     ReadOnly,
 )
-from .fetch import SMALL, Fetcher
+from .fallback import OriginFallback
+from .fetch import SMALL, Fetch, Fetcher
 from .handles import ReadHandle, Staging, WriteHandle
 from .integrity import crc_unit, encode_crcs, file_crcs
 from .manifest import ManifestWriter, manifest_key
 from .metadata import MetadataCache
 from .namespace import Namespace
 from .nodes import InodeTable, Kind, Node, now_ns
+from .origin import OriginInfo
 from .stats import Stats
 from .writeback import Op, WriteBack
 
@@ -64,7 +66,8 @@ class Limiters:
 class CacheFS:
     def __init__(self, *, ns: Namespace, table: InodeTable, blobs: BlobTier, fetcher: Fetcher,
                  writeback: WriteBack, manifests: ManifestWriter, metadata: MetadataCache,
-                 stats: Stats, limiters: Limiters, options: Options) -> None:
+                 stats: Stats, limiters: Limiters, options: Options,
+                 origins: OriginFallback | None = None) -> None:
         self.ns = ns
         self.table = table
         self.blobs = blobs
@@ -78,8 +81,11 @@ class CacheFS:
         self.handles: dict[int, ReadHandle | WriteHandle] = {}
         self._next_fh = 1
         self._op_nodes: dict[int, Node] = {}
+        self.origins = origins
+        self._origin_uploads: dict[str, Op] = {}
         writeback.on_complete = self._op_done
         fetcher.on_info = self._object_info
+        fetcher.after_origin = self._origin_done
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -95,7 +101,10 @@ class CacheFS:
             return parent
         if name == "..":
             return parent.parent or parent
-        return await self.ns.lookup(parent, name)
+        node = await self.ns.lookup(parent, name)
+        if node is None and self.origins is not None:
+            node = await self.origins.probe(parent, name)
+        return node
 
     async def readdir(self, directory: Node) -> list[tuple[str, Node]]:
         children = await self.ns.children(directory)
@@ -141,6 +150,11 @@ class CacheFS:
             handle.reader = self.blobs.open_reader(digest)
             self.stats.count("hits_local")
             self.stats.key_event(self._key_or_path(node), "hit_local")
+            return handle
+        if node.origin_url is not None and node.etag is None and self.origins is not None:
+            info = await self.origins.info(node)
+            handle.fetch = self.fetcher.fetch_origin(self.ns.key(node), info,
+                                                     self.origins.pin_for(node))
             return handle
         if node.etag is not None:
             key = self.ns.key(node)
@@ -190,6 +204,45 @@ class CacheFS:
         node = self.ns.find_key(info.key)
         if node is not None and node.etag == info.etag:
             attrs_mod.apply_object_metadata(node, info.metadata)
+
+    async def _origin_done(self, fetch: Fetch, info: OriginInfo) -> None:
+        """An origin fetch is in the blob tier: upload it so the next runner hits the store."""
+        node = self.ns.find_key(fetch.key)
+        if node is None or node.origin_url is None or fetch.digest is None:
+            return
+        node.digest = fetch.digest
+        self.stats.key_event(fetch.key, "miss_origin")
+        if self.opts.read_only:
+            return
+        meta = attrs_mod.object_metadata(node, fetch.digest)
+        meta["cachefs-origin-url"] = node.origin_url.split("?", 1)[0]
+        meta["cachefs-crc"] = await self._crc_meta(fetch.digest, fetch.size)
+        op = await self._submit_and_wait(node, "put", fetch.key, digest=fetch.digest,
+                                         size=fetch.size, meta=meta, wait=False)
+        self._origin_uploads[fetch.key] = op
+
+    async def approve(self, path: str) -> Node:
+        """`cachefs fetch`: download from the origin, verify, upload, then show the file."""
+        parent_path, _, name = path.strip("/").rpartition("/")
+        parent = await self.ns.resolve(parent_path)
+        if parent is None or parent.kind is not Kind.DIR:
+            raise NotFound(f"{parent_path or '/'}: no such directory")
+        node = await self.ns.lookup(parent, name)
+        if node is not None and node.etag is not None:
+            return node  # already in the store
+        if self.origins is None or self.origins.url(parent, name) is None:
+            raise InvalidArgument(f"{path}: no origin is set for this directory")
+        node = node or await self.origins.probe(parent, name, approve=True)
+        if node is None:
+            raise NotFound(f"{path}: the origin does not have it")
+        if node.digest is None or not self.blobs.has(node.digest):
+            info = await self.origins.info(node)
+            await self.fetcher.wait(self.fetcher.fetch_origin(
+                self.ns.key(node), info, self.origins.pin_for(node)))
+        op = self._origin_uploads.get(self.ns.key(node))
+        if op is not None:
+            await self.wb.wait(op)
+        return node
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handles[fh]

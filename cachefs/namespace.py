@@ -255,7 +255,7 @@ class Namespace:
                                             etag=obj.etag, mtime_ns=mtime, ctime_ns=mtime)
 
     def _keep_local(self, node: Node) -> bool:
-        if node.has_local_state:
+        if node.has_local_state or (node.origin_url is not None and node.etag is None):
             return True
         if node.kind is Kind.DIR and node.children is not None:
             return any(self._keep_local(c) for c in node.children.values())

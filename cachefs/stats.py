@@ -37,12 +37,18 @@ class Stats:
 
     def key_event(self, key: str, event: str) -> None:
         """Per-key hit/miss accounting (bounded: oldest keys dropped past 10,000)."""
-        counter = self.per_key.get(key)
+        counter = self.per_key.pop(key, None)
         if counter is None:
             if len(self.per_key) >= 10_000:
                 self.per_key.pop(next(iter(self.per_key)))
-            counter = self.per_key[key] = collections.Counter()
+            counter = collections.Counter()
+        self.per_key[key] = counter  # re-inserted: most recently active last
         counter[event] += 1
+
+    def key_report(self, limit: int) -> list[dict[str, Any]]:
+        """Per-key hits and misses, most recently active last (bounded for the xattr channel)."""
+        items = list(self.per_key.items())[-limit:]
+        return [{"key": k, **dict(c)} for k, c in items]
 
     def miss(self, key: str, url: str, fetched: bool) -> None:
         self.recent_misses.append({"key": key, "url": url, "fetched": fetched,

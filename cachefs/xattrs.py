@@ -17,7 +17,7 @@ from .nodes import Kind, Node
 
 NS = "user.cachefs."
 #: control names answered by the mount root
-CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config")
+CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config", "keys")
 #: settings a directory carries for everything below it (issue: origin fallback)
 DIR_SETTINGS = ("origin", "origin-fetch", "checksums")
 MAX_VALUE = 16 << 10
@@ -32,10 +32,13 @@ class NoAttr(NotFound):
 
 class Xattrs:
     def __init__(self, fs: Any, control: Callable[[str], Awaitable[dict[str, Any] | str]],
-                 validate_setting: Callable[[Node, str, str], None] | None = None) -> None:
+                 validate_setting: Callable[[Node, str, str], None] | None = None,
+                 actions: dict[str, Callable[[str], Awaitable[None]]] | None = None) -> None:
         self.fs = fs
         self.control = control
         self.validate_setting = validate_setting or (lambda node, name, value: None)
+        #: root attributes that are commands: setfattr -n user.cachefs.fetch -v PATH MOUNT
+        self.actions = actions or {}
 
     def _sha256(self, node: Node) -> str | None:
         return node.digest or node.xattrs.get(NS + "sha256")
@@ -88,6 +91,9 @@ class Xattrs:
             raise InvalidArgument(f"{name}: values must be UTF-8 text") from None
         if name.startswith(NS):
             short = name[len(NS):]
+            if node is self.fs.table.root and short in self.actions:
+                await self.actions[short](text)
+                return
             if node is self.fs.table.root and short in CONTROL:
                 raise InvalidArgument(f"{name} is read-only")
             if short in ("source", "key", "url"):
