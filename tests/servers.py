@@ -43,8 +43,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Terminate by PID (its whole process group), then kill if it lingers."""
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """Terminate by PID (its whole process group), then kill if it lingers: SeaweedFS takes
+    more than 15 s to act on SIGTERM, and test servers hold nothing worth a clean stop."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
