@@ -45,6 +45,7 @@ from .metadata import MetadataCache
 from .namespace import Namespace
 from .nodes import InodeTable
 from .origin import OriginClient
+from .prefetch import Prefetcher
 from .stats import Stats
 from .store import Store, open_store
 from .store.local import LocalStore
@@ -164,6 +165,10 @@ class Daemon:
                                           sync_writes=config.writeback == "sync",
                                           timeout=config.timeout, ttl=config.metadata_ttl),
                           origins=self.origins)
+        self.prefetcher = Prefetcher(self.ns, self.blobs, self.fetcher,
+                                     local_digest=self.fs.local_digest, disk=self.limiters.disk,
+                                     stats=self.stats)
+        self.fs.on_read_open = self.prefetcher.opened
         self.xattrs = Xattrs(self.fs, self.control, validate_setting=validate_setting,
                              actions={"fetch": self._approve})
         self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
@@ -257,9 +262,11 @@ class Daemon:
         await self.manifests.start()
         async with trio.open_nursery() as services:
             await services.start(self.notifier.run)
+            await services.start(self.ns.run)
             await services.start(self.fetcher.run)
             await services.start(self.writeback.run)
             await services.start(self.manifests.run)
+            await services.start(self.prefetcher.run)
             services.start_soon(self._housekeeping)
             try:
                 yield services

@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -82,6 +82,8 @@ class CacheFS:
         self._next_fh = 1
         self._op_nodes: dict[int, Node] = {}
         self.origins = origins
+        #: told about every open for reading (prefetch.Prefetcher), set by the daemon
+        self.on_read_open: Callable[[Node], None] = lambda node: None
         self._origin_uploads: dict[str, Op] = {}
         writeback.on_complete = self._op_done
         fetcher.on_info = self._object_info
@@ -131,6 +133,7 @@ class CacheFS:
         else:
             handle = await self._open_read(node)
             keep = handle.staging is None
+            self.on_read_open(node)
         return self._add_handle(handle), keep
 
     def _add_handle(self, handle: ReadHandle | WriteHandle) -> int:
@@ -145,7 +148,7 @@ class CacheFS:
         handle = ReadHandle(node, timeout=self.opts.timeout, disk=self.limits.disk,
                             open_blob=self.blobs.open_reader, on_corrupt=self._corrupt,
                             reopen=lambda: self._open_read(node))
-        digest = self._local_digest(node)
+        digest = self.local_digest(node)
         if digest is not None:
             handle.reader = self.blobs.open_reader(digest)
             self.stats.count("hits_local")
@@ -173,7 +176,7 @@ class CacheFS:
             return handle
         raise CacheFSError(f"{node.path()}: content is missing from the cache and the store")
 
-    def _local_digest(self, node: Node) -> str | None:
+    def local_digest(self, node: Node) -> str | None:
         if node.digest and self.blobs.has(node.digest):
             return node.digest
         if node.etag is not None:
@@ -262,7 +265,7 @@ class CacheFS:
             staging = await self._new_staging(node, copy=not truncate)
             node.staging = staging
         elif truncate:
-            await self._truncate(staging, 0)
+            await self._truncate(node, staging, 0)
         if truncate:
             node.size = 0
             node.touch()
@@ -276,7 +279,7 @@ class CacheFS:
         """A private copy of the file's current content (empty if ``copy`` is false)."""
         source = None
         if copy and node.size > 0:
-            source = self._local_digest(node)
+            source = self.local_digest(node)
             if source is None and node.etag is not None:
                 source = await self._fetch_whole(node)
             if source is None:
@@ -295,15 +298,18 @@ class CacheFS:
         size = node.size if source is not None else 0
         return Staging(path, fd, size, base_size=node.size)
 
-    async def _truncate(self, staging: Staging, size: int) -> None:
-        await trio.to_thread.run_sync(os.ftruncate, staging.fd, size, limiter=self.limits.disk)
-        staging.size = size
-        staging.dirty = True
+    async def _truncate(self, node: Node, staging: Staging, size: int) -> None:
+        async with staging.lock:
+            if staging.sealed:
+                await self._unseal(node, staging, copy=size > 0)
+            await trio.to_thread.run_sync(os.ftruncate, staging.fd, size,
+                                          limiter=self.limits.disk)
+            staging.size = size
+            staging.dirty = True
 
-    async def _unseal(self, node: Node, staging: Staging) -> None:
+    async def _unseal(self, node: Node, staging: Staging, copy: bool = True) -> None:
         """A write after close/fsync: continue on a fresh copy, the sealed blob stays intact."""
-        fresh = await self._new_staging(node, copy=True)
-        fresh.writers = staging.writers
+        fresh = await self._new_staging(node, copy=copy)
         os.close(staging.fd)
         staging.path, staging.fd, staging.sealed = fresh.path, fresh.fd, False
         staging.size = fresh.size
@@ -313,20 +319,22 @@ class CacheFS:
         if not isinstance(handle, WriteHandle):
             raise CacheFSError("file is not open for writing")
         node, staging = handle.node, handle.staging
-        if staging.broken:
-            raise OSError(staging.broken_errno, staging.broken)
-        if staging.sealed:
-            await self._unseal(node, staging)
-        try:
-            written = await self._pwrite(staging, data, offset)
-        except OSError as e:
-            staging.broken = f"{node.path()}: {e.strerror}; the file is not saved"
-            staging.broken_errno = e.errno or errno.EIO
-            raise OSError(staging.broken_errno, staging.broken) from None
-        staging.size = max(staging.size, offset + written)
-        node.size = staging.size
-        node.mtime_ns = node.ctime_ns = now_ns()
-        staging.dirty = handle.dirty = True
+        # Writes and sealing exclude each other: a sealed file must not change under its digest.
+        async with staging.lock:
+            if staging.broken:
+                raise OSError(staging.broken_errno, staging.broken)
+            if staging.sealed:
+                await self._unseal(node, staging)
+            try:
+                written = await self._pwrite(staging, data, offset)
+            except OSError as e:
+                staging.broken = f"{node.path()}: {e.strerror}; the file is not saved"
+                staging.broken_errno = e.errno or errno.EIO
+                raise OSError(staging.broken_errno, staging.broken) from None
+            staging.size = max(staging.size, offset + written)
+            node.size = staging.size
+            node.mtime_ns = node.ctime_ns = now_ns()
+            staging.dirty = handle.dirty = True
         return written
 
     async def _pwrite(self, staging: Staging, data: bytes, offset: int) -> int:
@@ -414,11 +422,17 @@ class CacheFS:
             node.source, node.attrs_from = "local", "local"
             meta = attrs_mod.object_metadata(node, digest)
             meta["cachefs-crc"] = await self._crc_meta(digest, size)
+            op = await self.wb.submit("put", self.ns.key(node), digest=digest, size=size,
+                                      meta=meta)
+            node.pending += 1
+            self._op_nodes[op.seq] = node
+        # The upload waits outside the lock: the sealed blob no longer changes.
+        if self.opts.sync_writes if wait is None else wait:
             try:
-                await self._submit_and_wait(node, "put", self.ns.key(node), digest=digest,
-                                            size=size, meta=meta, wait=wait, keep=True)
+                await self.wb.wait(op)
                 staging.error = ""
             except CacheFSError as e:
+                self.stats.error("store_write_failed")
                 staging.error = str(e)
                 raise
 
@@ -486,7 +500,7 @@ class CacheFS:
                 raise InvalidArgument("only files can be truncated")
             handle = self.handles.get(fh) if fh is not None else None
             if isinstance(handle, WriteHandle):
-                await self._truncate(handle.staging, size)
+                await self._truncate(node, handle.staging, size)
                 handle.dirty = True
                 node.size = size
             else:
@@ -495,7 +509,7 @@ class CacheFS:
                 try:
                     staging = node.staging
                     assert staging is not None
-                    await self._truncate(staging, size)
+                    await self._truncate(node, staging, size)
                     node.size = size
                     await self._commit(node)
                 finally:

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: while the store is unreachable, a stale listing is served and retried this often
 OFFLINE_RETRY = 10.0
+#: a whole-subtree listing stops after this many pages (1000 keys each) and keeps what is done
+FLAT_MAX_PAGES = 100
+#: a directory listed this recently, whose sub-directory is now being listed, is being walked
+WALK_WINDOW = 30.0
 
 
 class Notifier(Protocol):
@@ -64,6 +68,16 @@ class Namespace:
         self.offline = False
         self._listing: dict[int, trio.Event] = {}
         self._warned: set[str] = set()
+        self._flat: dict[int, trio.Event] = {}  # subtree listings in progress, by top inode
+        self._nursery: trio.Nursery | None = None
+        self.flat_listings = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background subtree listings live here."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -123,15 +137,98 @@ class Namespace:
                 if directory.children is not None:
                     break
                 continue
+            flat = self._covering_flat(directory)
+            if flat is not None:  # a subtree listing above will fill this directory in
+                await flat.wait()
+                if self.fresh(directory):
+                    break
             event = self._listing[directory.ino] = trio.Event()
             try:
                 await self._list(directory)
             finally:
                 del self._listing[directory.ino]
                 event.set()
+            self._maybe_walk(directory)
             break
         assert directory.children is not None
         return directory.children
+
+    def _covering_flat(self, directory: Node) -> trio.Event | None:
+        for node in (directory, *directory.ancestors()):
+            event = self._flat.get(node.ino)
+            if event is not None:
+                return event
+        return None
+
+    def _maybe_walk(self, directory: Node) -> None:
+        """Someone is walking down a tree (find, ls -R, cp -r): list the rest of it in one go.
+
+        Listing a directory whose parent was itself listed moments ago means the walk goes on
+        below the parent; one paged listing of the parent's whole subtree then replaces a LIST
+        per directory. Listing the root alone (`ls /mnt`) never starts one.
+        """
+        parent = directory.parent
+        if parent is None or self._nursery is None or self._covering_flat(parent) is not None:
+            return
+        if self.clock() - parent.listed_at > WALK_WINDOW:
+            return
+        self._flat[parent.ino] = trio.Event()
+        self._nursery.start_soon(self._list_subtree, parent)
+
+    async def _list_subtree(self, top: Node) -> None:
+        try:
+            await self._flat_listing(top)
+        except CacheFSError as e:
+            log.info("listing the tree below %s failed (%s); listing per directory",
+                     top.path() or "/", e)
+        finally:
+            self._flat.pop(top.ino).set()
+
+    async def _flat_listing(self, top: Node) -> None:
+        prefix = self.dir_prefix(top)
+        groups: dict[str, tuple[list[ObjectInfo], set[str]]] = {"": ([], set())}
+        token: str | None = None
+        last = ""
+        for _ in range(FLAT_MAX_PAGES):
+            page, token = await trio.to_thread.run_sync(self.store.list_page, prefix, None,
+                                                        token, limiter=self.s3)
+            for obj in page.objects:
+                parts = obj.key[len(prefix):].split("/")
+                for depth in range(len(parts) - 1):
+                    parent = "/".join(parts[:depth])
+                    groups.setdefault(parent, ([], set()))[1].add(parts[depth])
+                    groups.setdefault("/".join(parts[:depth + 1]), ([], set()))
+                groups["/".join(parts[:-1])][0].append(obj)
+                last = obj.key
+            if token is None:
+                last = ""
+                break
+        self.flat_listings += 1
+        now = self.clock()
+        manifests: list[tuple[Node, str, ObjectInfo]] = []
+        for rel in sorted(groups, key=lambda r: (r.count("/"), r) if r else (-1, "")):
+            dir_prefix = prefix + rel + "/" if rel else prefix
+            if last and (last.startswith(dir_prefix) or last < dir_prefix):
+                continue  # the listing stopped inside this directory's keys
+            node = self.find(f"{top.path()}/{rel}".strip("/")) if rel else top
+            if node is None or node.kind is not Kind.DIR or (node is not top and self.fresh(node)):
+                continue
+            objects, subdirs = groups[rel]
+            page = ListPage(objects, [dir_prefix + d + "/" for d in sorted(subdirs)])
+            self.merge(node, dir_prefix, page, None)
+            node.listed_at = now
+            self.metadata.mark(node)
+            info = next((o for o in objects if o.key == dir_prefix + MANIFEST_NAME), None)
+            if info is not None and info.etag != node.manifest_etag:
+                manifests.append((node, dir_prefix, info))
+        async with trio.open_nursery() as nursery:
+            for node, dir_prefix, info in manifests:
+                nursery.start_soon(self._apply_manifest, node, dir_prefix, info)
+
+    async def _apply_manifest(self, node: Node, prefix: str, info: ObjectInfo) -> None:
+        entries = await self._read_manifest(node, info)
+        if entries and node.children is not None:
+            self._apply_entries(node, node.children, entries)
 
     async def lookup(self, directory: Node, name: str) -> Node | None:
         return (await self.children(directory)).get(name)
@@ -180,6 +277,9 @@ class Namespace:
             return {}
         if info.etag == directory.manifest_etag:
             return None
+        return await self._read_manifest(directory, info)
+
+    async def _read_manifest(self, directory: Node, info: ObjectInfo) -> dict[str, Any] | None:
         try:
             _, data = await trio.to_thread.run_sync(self.store.read_all, info.key,
                                                     limiter=self.s3)
@@ -220,11 +320,15 @@ class Namespace:
                 continue  # deleted here; the store does not know yet
             self._merge_one(directory, children, name, obj)
         if manifest:
-            for name, entry in manifest.items():
-                target = self.root if name == "." and directory is self.root \
-                    else children.get(name)
-                if target is not None and not target.has_local_state:
-                    apply_manifest_entry(target, entry)
+            self._apply_entries(directory, children, manifest)
+
+    def _apply_entries(self, directory: Node, children: dict[str, Node],
+                       manifest: dict[str, Any]) -> None:
+        for name, entry in manifest.items():
+            target = self.root if name == "." and directory is self.root \
+                else children.get(name)
+            if target is not None and not target.has_local_state:
+                apply_manifest_entry(target, entry)
 
     def _merge_one(self, directory: Node, children: dict[str, Node], name: str,
                    obj: ObjectInfo | None) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from cachefs.errors import NotFound, ObjectChanged, StoreUnavailable
 from cachefs.store import ListPage, ObjectInfo, ReadStream, Store
@@ -36,6 +36,7 @@ class MemoryStore(Store):
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self.down = False
+        self.page_size = 1000
 
     def _req(self, what: str, key: str) -> None:
         with self.lock:
@@ -46,18 +47,27 @@ class MemoryStore(Store):
     def check(self) -> None:
         self._req("check", "")
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+    def list_page(self, prefix: str, delimiter: str | None = "/",
+                  token: str | None = None) -> tuple[ListPage, str | None]:
         self._req("list", prefix)
-        objects, prefixes = [], set()
+        entries: dict[str, ObjectInfo | None] = {}
         for key in sorted(self.objects):
             if not key.startswith(prefix):
                 continue
             rest = key[len(prefix):]
             if delimiter and delimiter in rest:
-                prefixes.add(prefix + rest.split(delimiter)[0] + delimiter)
+                entries[prefix + rest.split(delimiter)[0] + delimiter] = None
             else:
-                objects.append(self.objects[key][1])
-        yield ListPage(objects, sorted(prefixes))
+                entries[key] = self.objects[key][1]
+        keys = [k for k in sorted(entries) if token is None or k > token]
+        page = ListPage([], [])
+        for k in keys[:self.page_size]:
+            info = entries[k]
+            if info is None:
+                page.prefixes.append(k)
+            else:
+                page.objects.append(info)
+        return page, (keys[self.page_size - 1] if len(keys) > self.page_size else None)
 
     def head(self, key: str) -> ObjectInfo:
         self._req("head", key)

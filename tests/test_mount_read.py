@@ -100,6 +100,9 @@ def test_eviction_keeps_the_cache_under_its_cap(seaweed: SeaweedFS, bucket: str,
     m = mounter("--cache-size", "4M", server=seaweed, bucket=bucket)
     for k, data in files.items():
         assert (m.path / k).read_bytes() == data
+    deadline = time.monotonic() + 10  # prefetches may still be landing
+    while m.control("stats")["fetches_in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.1)
     stats = m.control("stats")
     assert stats["cache"]["bytes"] <= 4 << 20
     assert stats["cache"]["evictions"] >= 8

@@ -223,11 +223,13 @@ def test_parallel_writers(seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> 
               "p, n = sys.argv[1], int(sys.argv[2])\n"
               "data = bytes([n]) * (2 << 20)\n"
               "open(p, 'wb').write(data)\n")
-    procs = [subprocess.Popen(["python3", "-c", script, m.path / f"distinct{i}", str(i)])
-             for i in range(8)]
-    procs += [subprocess.Popen(["python3", "-c", script, m.path / "same", str(100 + i)])
-              for i in range(8)]
-    assert all(p.wait(120) == 0 for p in procs)
+    procs = [subprocess.Popen(["python3", "-c", script, m.path / f"distinct{i}", str(i)],
+                              stderr=subprocess.PIPE, text=True) for i in range(8)]
+    procs += [subprocess.Popen(["python3", "-c", script, m.path / "same", str(100 + i)],
+                               stderr=subprocess.PIPE, text=True) for i in range(8)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [(p.returncode, e) for p, e in
+                                                   zip(procs, errors, strict=True)]
     for i in range(8):
         assert get(seaweed, bucket, f"distinct{i}") == bytes([i]) * (2 << 20)
     stored = get(seaweed, bucket, "same")

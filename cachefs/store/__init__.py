@@ -70,8 +70,18 @@ class Store(abc.ABC):
         """Raise BucketNotFound / AccessDenied / StoreUnavailable if the store cannot be used."""
 
     @abc.abstractmethod
+    def list_page(self, prefix: str, delimiter: str | None = "/",
+                  token: str | None = None) -> tuple[ListPage, str | None]:
+        """One page of keys starting with ``prefix``, in key order, grouped at ``delimiter``
+        if given; returns the page and the token for the next one (None after the last)."""
+
     def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
-        """Keys starting with ``prefix``, in key order, grouped at ``delimiter`` if given."""
+        token: str | None = None
+        while True:
+            page, token = self.list_page(prefix, delimiter, token)
+            yield page
+            if token is None:
+                return
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo: ...

@@ -122,23 +122,21 @@ class LocalStore(Store):
             f.close()
             raise
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+    def list_page(self, prefix: str, delimiter: str | None = "/",
+                  token: str | None = None) -> tuple[ListPage, str | None]:
         head, _, start = prefix.rpartition("/")
         base = self.root.joinpath(*(p + ".d" for p in head.split("/"))) if head else self.root
         base_key = head + "/" if head else ""
-        objects: list[ObjectInfo] = []
-        prefixes: list[str] = []
-        for key, path, is_dir in sorted(self._walk(base, base_key, start, delimiter)):
+        entries = sorted(e for e in self._walk(base, base_key, start, delimiter)
+                         if token is None or e[0] > token)
+        page = ListPage([], [])
+        for key, path, is_dir in entries[:PAGE]:
             if is_dir:
-                prefixes.append(key)
+                page.prefixes.append(key)
             else:
                 with contextlib.suppress(NotFound):
-                    objects.append(self._info(key, path)[0])
-            if len(objects) + len(prefixes) >= PAGE:
-                yield ListPage(objects, prefixes)
-                objects, prefixes = [], []
-        if objects or prefixes:
-            yield ListPage(objects, prefixes)
+                    page.objects.append(self._info(key, path)[0])
+        return page, (entries[PAGE - 1][0] if len(entries) > PAGE else None)
 
     def _walk(
         self, directory: Path, key_prefix: str, start: str, delimiter: str | None

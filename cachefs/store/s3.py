@@ -169,19 +169,22 @@ class S3Store(Store):
                     raise BucketNotFound(f"bucket {self.bucket} does not exist") from e
                 raise
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+    def list_page(self, prefix: str, delimiter: str | None = "/",
+                  token: str | None = None) -> tuple[ListPage, str | None]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
         with _translated(f"listing {prefix or '/'}"):
-            for resp in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
-                objects = [
-                    ObjectInfo(o["Key"], int(o["Size"]), str(o["ETag"]),
-                               o["LastModified"].timestamp())
-                    for o in resp.get("Contents", ())
-                ]
-                prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
-                yield ListPage(objects, prefixes)
+            resp = self.client.list_objects_v2(**kwargs)
+        objects = [
+            ObjectInfo(o["Key"], int(o["Size"]), str(o["ETag"]), o["LastModified"].timestamp())
+            for o in resp.get("Contents", ())
+        ]
+        prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
+        next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return ListPage(objects, prefixes), next_token
 
     def head(self, key: str) -> ObjectInfo:
         with _translated(f"HEAD {key}"):
