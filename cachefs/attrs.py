@@ -74,7 +74,11 @@ def manifest_entry(node: Node) -> dict[str, Any]:
 def apply_manifest_entry(node: Node, entry: Mapping[str, Any]) -> bool:
     """Apply a manifest entry if it describes this version of the node. Returns whether it did."""
     kind = entry.get("type")
-    if node.kind is Kind.DIR:
+    if kind == "p":  # a pack object: shown as a read-only directory
+        if node.pack is not True and (node.kind is Kind.DIR or entry.get("etag") != node.etag):
+            return False
+        node.kind, node.pack, node.children = Kind.DIR, True, None
+    elif node.kind is Kind.DIR:
         if kind != "d":
             return False
     elif kind not in ("f", "l") or entry.get("etag") != node.etag:

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: Unit of verification: each block's CRC-32 is checked when it is read back from disk.
 BLOCK = 1 << 20
+#: Verified blocks kept in memory: many small files share a block (pack frames), and a block
+#: read and checked once then serves all of them without another disk read or CRC.
+BLOCK_CACHE_BYTES = 64 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -126,6 +129,8 @@ class BlobTier:
         # crash loses at most these rows; the blobs themselves are re-indexed from disk.
         self._new_rows: set[str] = set()
         self._new_bindings: dict[tuple[str, str], str] = {}
+        self.blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._block_bytes = 0
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -308,12 +313,33 @@ class BlobTier:
         if entry is None:
             return
         log.warning("blob %s discarded: %s", digest[:16], reason)
+        self._forget_blocks({digest})
         self.usage -= entry.size
         self.bindings = {k: d for k, d in self.bindings.items() if d != digest}
         self._dirty_atime.discard(digest)
         self._new_rows.discard(digest)
         await trio.to_thread.run_sync(self._unlink, digest, limiter=self.disk)
         await self.db.run(self._forget_rows, [digest])
+
+    def cached_block(self, digest: str, index: int) -> bytes | None:
+        block = self.blocks.get((digest, index))
+        if block is not None:
+            self.blocks.move_to_end((digest, index))
+        return block
+
+    def cache_block(self, digest: str, index: int, data: bytes) -> None:
+        key = (digest, index)
+        if key in self.blocks:
+            return
+        self.blocks[key] = data
+        self._block_bytes += len(data)
+        while self._block_bytes > BLOCK_CACHE_BYTES:
+            _, old = self.blocks.popitem(last=False)
+            self._block_bytes -= len(old)
+
+    def _forget_blocks(self, digests: set[str]) -> None:
+        for key in [k for k in self.blocks if k[0] in digests]:
+            self._block_bytes -= len(self.blocks.pop(key))
 
     def _unlink(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
@@ -341,6 +367,7 @@ class BlobTier:
             self._dirty_atime.discard(digest)
             self._new_rows.discard(digest)
         victim_set = set(victims)
+        self._forget_blocks(victim_set)
         self.bindings = {k: d for k, d in self.bindings.items() if d not in victim_set}
         self.evictions += len(victims)
         log.debug("evicted %d blob(s), %d bytes", len(victims), freed)
@@ -392,24 +419,23 @@ class BlobReader:
         entry = tier.entries[digest]
         self.size = entry.size
         self.crcs = entry.crcs
-        self._block_start = -1
-        self._block = b""
 
     async def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
-        if self._block_start <= offset and end <= self._block_start + len(self._block):
-            start = offset - self._block_start
-            return self._block[start:start + end - offset]
         first = offset // BLOCK
         last = (end - 1) // BLOCK
+        if first == last:
+            block = self.tier.cached_block(self.digest, first)
+            if block is not None:
+                start = offset - first * BLOCK
+                return block[start:start + end - offset]
         data = await trio.to_thread.run_sync(self._read_blocks, first, last,
                                              limiter=self.tier.disk)
         self.tier.touch(self.digest)
-        # Keep the last block: sequential reads smaller than a block are served from it.
-        tail = last * BLOCK
-        self._block_start, self._block = tail, data[tail - first * BLOCK:]
+        for i in range(first, last + 1):
+            self.tier.cache_block(self.digest, i, data[(i - first) * BLOCK:(i - first + 1) * BLOCK])
         start = offset - first * BLOCK
         return data[start:start + end - offset]
 

@@ -131,10 +131,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
     os.close(write_end)
     message = _read_line(read_end, timeout=120)
     os.close(read_end)
-    if message == "ok" and daemon.wait_mounted(Path(mountpoint), proc.pid):
-        print(f"cachefs: mounted {config.store} at {mountpoint} (pid {proc.pid}, "
-              f"log {log_path})")
+    if message.startswith("ok") and daemon.wait_mounted(Path(mountpoint), proc.pid):
+        info = json.loads(message[2:].strip() or "{}")
+        what = config.store
+        if "key" in info:
+            kind = "pack" if info["pack"] else "prefix"
+            hit = "exact hit" if info["exact"] else "restored from a restore key, not an exact hit"
+            what = f"{kind} {info['key']} ({hit})"
+        print(f"cachefs: mounted {what} at {mountpoint} (pid {proc.pid}, log {log_path})")
         return OK
+    if message.startswith("miss: "):
+        raise Failure(message[len("miss: "):], MISS)
     if message.startswith("error: "):
         raise Failure(message[len("error: "):])
     proc.poll()
@@ -361,6 +368,54 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 # -- commands without a mount ---------------------------------------------------------------
 
 
+def _store_and_key(args: argparse.Namespace, dest: str) -> tuple[Any, str, Config]:
+    """``s3://BUCKET/KEY`` or a key relative to the configured store."""
+    from .store import open_store, parse_store_url
+
+    config = _load_config(args)
+    if "://" in dest:
+        location = parse_store_url(dest)
+        if location.scheme != "s3" or not location.prefix:
+            raise Failure(f"{dest}: give s3://BUCKET/KEY, or KEY with --store")
+        config = config.replace(store=f"s3://{location.bucket}")
+        key = location.prefix.rstrip("/")
+        store, _ = open_store(config)
+        return store, key, config
+    store, prefix = open_store(config)
+    return store, prefix + dest.strip("/"), config
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from . import codec, packcmd
+    from .store.local import LocalStore
+
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise Failure(f"{root} is not a directory")
+    store, key, _ = _store_and_key(args, args.key)
+    if isinstance(store, LocalStore):
+        store.ensure()
+    store.check()
+    files, total = packcmd.tree_size(root)
+    bar = Progress(f"packing {files} files")
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        bar.update(done[0], total)
+
+    level = codec.parse_level(f"zstd:{args.level}") or codec.DEFAULT_LEVEL
+    summary = packcmd.pack_directory(root, store, key, level, progress)
+    bar.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"cachefs: packed {summary['files']} files ({_human(summary['bytes_in'])}) into "
+              f"{key}: {_human(summary['bytes_stored'])} in {summary['frames']} frames, "
+              f"{summary['seconds']}s")
+    return OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
 
@@ -442,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
         examples:
           cachefs mount ~/cache
               the embedded default: a store in ~/.local/share/cachefs/store, no S3 needed
+          cachefs mount --store s3://ci-cache/p --subtree go-mod/$KEY --restore-key go-mod/ \
+              ~/go/pkg/mod
+              one pack (or prefix) as the whole mount; exit 1 if neither the key nor a
+              restore key exists (a cache miss)
           cachefs mount --store s3://ci-cache/myproj --endpoint http://127.0.0.1:8333 /cache
               keys under myproj/ in bucket ci-cache appear under /cache
           CACHEFS_S3_KEY_ID=... CACHEFS_S3_SECRET=... cachefs mount --read-only /cache
@@ -520,6 +579,24 @@ def build_parser() -> argparse.ArgumentParser:
         worked, 2 if not.""")
     _config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
                       "connections"])
+
+    p = command("pack", cmd_pack, "save a directory tree as one pack object", """
+        examples:
+          KEY=$(cachefs key "go-mod/{hash}" --hash-from go.sum)
+          cachefs pack ~/go/pkg/mod s3://ci-cache/myproj/$KEY
+          cachefs pack --store s3://ci-cache/myproj ~/go/pkg/mod $KEY
+          cachefs mount --store s3://ci-cache/myproj --subtree $KEY ~/go/pkg/mod
+
+        A pack holds a whole tree (files, directories, symlinks, modes, mtimes) in one
+        object of independently compressed frames with a table of contents, so a mount
+        shows it at once and fetches only the frames that are read. Identical files are
+        stored once. See docs/PACK-FORMAT.md.""")
+    _config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
+                      "connections"])
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("key", metavar="KEY", help="s3://BUCKET/KEY, or KEY within --store")
+    p.add_argument("--level", type=int, default=3, help="zstd level 1-22 (default 3)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = command("key", cmd_key, "compute a cache key from file contents", """
         examples:

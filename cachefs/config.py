@@ -132,6 +132,10 @@ FIELDS: tuple[Field, ...] = (
           "PATH=URL: names under PATH that the store lacks are fetched from URL (repeatable)"),
     Field("origin_fetch", parse_choice("auto", "curate"), lambda: "auto",
           "auto: fetch origin misses when read; curate: only after `cachefs fetch` approves"),
+    Field("subtree", str, lambda: None,
+          "mount only this key (a pack or a prefix) at the mount point"),
+    Field("restore_key", parse_list, list,
+          "with --subtree: key prefixes to fall back to, newest match wins (repeatable)"),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
@@ -155,6 +159,8 @@ class Config:
     allow_other: bool
     origin: list[str]
     origin_fetch: str
+    subtree: str | None
+    restore_key: list[str]
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Config:

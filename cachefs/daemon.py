@@ -24,7 +24,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import __version__
+from . import __version__, subtree
 from .attrs import manifest_entry
 from .blobs import BlobTier
 from .config import Config
@@ -45,6 +45,7 @@ from .metadata import MetadataCache
 from .namespace import Namespace
 from .nodes import InodeTable
 from .origin import OriginClient
+from .packs import Packs
 from .prefetch import Prefetcher
 from .stats import Stats
 from .store import Store, open_store
@@ -164,11 +165,15 @@ class Daemon:
                           options=Options(read_only=config.read_only,
                                           sync_writes=config.writeback == "sync",
                                           timeout=config.timeout, ttl=config.metadata_ttl),
-                          origins=self.origins)
-        self.prefetcher = Prefetcher(self.ns, self.blobs, self.fetcher,
-                                     local_digest=self.fs.local_digest, disk=self.limiters.disk,
+                          origins=self.origins,
+                          packs=Packs(store, self.blobs, self.table, self.stats,
+                                      s3=self.limiters.s3, cpu=self.limiters.cpu,
+                                      disk=self.limiters.disk))
+        self.prefetcher = Prefetcher(self.ns, cached_paths=self.fs.cached_paths,
+                                     start_fetch=self.fs.start_fetch, disk=self.limiters.disk,
                                      stats=self.stats)
         self.fs.on_read_open = self.prefetcher.opened
+        self.subtree: subtree.Subtree | None = None
         self.xattrs = Xattrs(self.fs, self.control, validate_setting=validate_setting,
                              actions={"fetch": self._approve})
         self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
@@ -198,6 +203,13 @@ class Daemon:
             node.manifest_etag = etag
             self.metadata.mark(node)
 
+    def mount_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"pid": os.getpid()}
+        if self.subtree is not None:
+            info.update(key=self.subtree.key, exact=self.subtree.exact,
+                        pack=self.subtree.pack is not None)
+        return info
+
     async def _approve(self, path: str) -> None:
         await self.fs.approve(path)
 
@@ -215,6 +227,8 @@ class Daemon:
             return self.fs.status()
         if name == "sync":
             return await self.fs.sync()
+        if name == "subtree":
+            return self.mount_info()
         if name == "keys":
             return {"keys": self.stats.key_report(300)}
         return self.stats_snapshot()
@@ -290,7 +304,7 @@ class Daemon:
         async with self.running() as services:
             services.start_soon(self._signals, services)
             if ready_fd is not None:
-                _report(ready_fd, "ok")
+                _report(ready_fd, "ok " + json.dumps(self.mount_info()))
             log.info("mounted %s at %s", self.store.url + "/" + self.prefix, self.mountpoint)
             await pyfuse3.main(min_tasks=4, max_tasks=64)
             log.info("unmounted; finishing pending uploads")
@@ -339,8 +353,16 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
         cache_dir = Path(config.cache_dir)
         with cache_dir_lock(cache_dir):
             online = check_store(store, has_cache=(cache_dir / "index.db").exists())
+            chosen = None
+            if config.subtree:
+                chosen = subtree.resolve(store, prefix, config.subtree, config.restore_key)
+                prefix = chosen.prefix
             daemon = Daemon(config, path, store, prefix)
             daemon.ns.offline = not online
+            if chosen is not None and chosen.pack is not None:
+                root = daemon.table.root
+                root.pack, root.etag, root.size = True, chosen.pack.etag, chosen.pack.size
+            daemon.subtree = chosen
             daemon.start()
             store_url = store.url + ("/" + prefix.rstrip("/") if prefix else "")
             try:
@@ -355,6 +377,11 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
                 daemon.close()
         log.info("cachefs exited cleanly")
         return 0
+    except subtree.SubtreeMissing as e:
+        log.error("%s", e)
+        if ready_fd is not None:
+            _report(ready_fd, "miss: " + str(e))
+        return 1
     except (MountError, ConfigError, CacheFSError) as e:
         log.error("%s", e)
         if ready_fd is not None:

@@ -13,7 +13,8 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -42,6 +43,7 @@ from .metadata import MetadataCache
 from .namespace import Namespace
 from .nodes import InodeTable, Kind, Node, now_ns
 from .origin import OriginInfo
+from .packs import PackFile, PackFileReader, PackRef, Packs
 from .stats import Stats
 from .writeback import Op, WriteBack
 
@@ -67,7 +69,7 @@ class CacheFS:
     def __init__(self, *, ns: Namespace, table: InodeTable, blobs: BlobTier, fetcher: Fetcher,
                  writeback: WriteBack, manifests: ManifestWriter, metadata: MetadataCache,
                  stats: Stats, limiters: Limiters, options: Options,
-                 origins: OriginFallback | None = None) -> None:
+                 origins: OriginFallback | None = None, packs: Packs | None = None) -> None:
         self.ns = ns
         self.table = table
         self.blobs = blobs
@@ -82,6 +84,9 @@ class CacheFS:
         self._next_fh = 1
         self._op_nodes: dict[int, Node] = {}
         self.origins = origins
+        self.packs = packs
+        if packs is not None:
+            ns.pack_loader = self._load_pack
         #: told about every open for reading (prefetch.Prefetcher), set by the daemon
         self.on_read_open: Callable[[Node], None] = lambda node: None
         self._origin_uploads: dict[str, Op] = {}
@@ -125,7 +130,7 @@ class CacheFS:
             raise IsADirectory(node.path())
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
-            self._check_writable()
+            self._check_writable(node)
             handle: ReadHandle | WriteHandle = await self._open_write(
                 node, truncate=bool(flags & os.O_TRUNC),
                 readable=(flags & os.O_ACCMODE) == os.O_RDWR)
@@ -148,6 +153,10 @@ class CacheFS:
         handle = ReadHandle(node, timeout=self.opts.timeout, disk=self.limits.disk,
                             open_blob=self.blobs.open_reader, on_corrupt=self._corrupt,
                             reopen=lambda: self._open_read(node))
+        if isinstance(node.pack, PackFile) and self.packs is not None:
+            handle.reader = PackFileReader(self.packs, node.pack)  # type: ignore[assignment]
+            self.stats.count("hits_pack")
+            return handle
         digest = self.local_digest(node)
         if digest is not None:
             handle.reader = self.blobs.open_reader(digest)
@@ -255,9 +264,38 @@ class CacheFS:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, *nodes: Node) -> None:
         if self.opts.read_only:
             raise ReadOnly("the mount is read-only")
+        for node in nodes:
+            if self.in_pack(node):
+                raise ReadOnly(f"{node.path() or '/'} is inside a pack, which is read-only")
+
+    @staticmethod
+    def in_pack(node: Node) -> bool:
+        return node.pack is not None or any(a.pack is not None for a in node.ancestors())
+
+    async def _load_pack(self, directory: Node) -> None:
+        assert self.packs is not None
+        ref = PackRef(self.ns.key(directory), directory.etag or "", directory.size)
+        toc = await self.packs.load(ref)
+        self.packs.populate(directory, ref, toc)
+
+    def cached_paths(self, node: Node) -> list[Path] | None:
+        """Local files holding ``node``'s content, if it is all cached (for the prefetcher)."""
+        if isinstance(node.pack, PackFile) and self.packs is not None:
+            return self.packs.frame_paths(node.pack)
+        digest = self.local_digest(node)
+        return [self.blobs.path(digest)] if digest is not None else None
+
+    def start_fetch(self, node: Node, max_size: int) -> Awaitable[object] | None:
+        """Begin bringing ``node``'s content into the blob tier (for the prefetcher)."""
+        if isinstance(node.pack, PackFile) and self.packs is not None:
+            return self.packs.ensure(node.pack)
+        if node.etag is not None and node.size <= max_size:
+            fetch = self.fetcher.fetch(self.ns.key(node), node.etag, node.size)
+            return fetch.done.wait()
+        return None
 
     async def _open_write(self, node: Node, truncate: bool, readable: bool) -> WriteHandle:
         staging = node.staging
@@ -491,7 +529,7 @@ class CacheFS:
                       uid: int | None = None, gid: int | None = None,
                       mtime_ns: int | None = None, fh: int | None = None,
                       caller_uid: int = 0) -> Node:
-        self._check_writable()
+        self._check_writable(node)
         if caller_uid != 0 and (uid not in (None, self.table.uid) or
                                 gid not in (None, self.table.gid)):
             raise NotPermitted("only root may give files away")
@@ -554,7 +592,7 @@ class CacheFS:
 
     async def create(self, parent: Node, name: str, mode: int, flags: int,
                      uid: int, gid: int) -> tuple[Node, int]:
-        self._check_writable()
+        self._check_writable(parent)
         await self._absent(parent, name)
         node = self.table.new(Kind.FILE, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), source="local", attrs_from="local")
@@ -566,7 +604,7 @@ class CacheFS:
         return node, self._add_handle(handle)
 
     async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
-        self._check_writable()
+        self._check_writable(parent)
         await self._absent(parent, name)
         node = self.table.new(Kind.DIR, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), children={}, listed_at=self.ns.clock(),
@@ -578,7 +616,7 @@ class CacheFS:
         return node
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
-        self._check_writable()
+        self._check_writable(parent)
         await self._absent(parent, name)
         node = self.table.new(Kind.LINK, name, parent, mode=0o777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), target=target, size=len(target.encode()),
@@ -590,7 +628,7 @@ class CacheFS:
         return node
 
     async def unlink(self, parent: Node, name: str) -> None:
-        self._check_writable()
+        self._check_writable(parent)
         node = await self.ns.lookup(parent, name)
         if node is None:
             raise NotFound(name)
@@ -609,7 +647,7 @@ class CacheFS:
         parent.touch()
 
     async def rmdir(self, parent: Node, name: str) -> None:
-        self._check_writable()
+        self._check_writable(parent)
         node = await self.ns.lookup(parent, name)
         if node is None:
             raise NotFound(name)
@@ -625,7 +663,7 @@ class CacheFS:
 
     async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
                      noreplace: bool = False) -> None:
-        self._check_writable()
+        self._check_writable(old_parent, new_parent)
         node = await self.ns.lookup(old_parent, old_name)
         if node is None:
             raise NotFound(old_name)

@@ -144,9 +144,10 @@ class FuseOps(pyfuse3.Operations):
         e.st_uid = node.uid
         e.st_gid = node.gid
         e.st_rdev = 0
-        e.st_size = node.size
+        size = 0 if node.kind is Kind.DIR else node.size
+        e.st_size = size
         e.st_blksize = BLKSIZE
-        e.st_blocks = (node.size + 511) // 512
+        e.st_blocks = (size + 511) // 512
         e.st_mtime_ns = node.mtime_ns
         e.st_ctime_ns = node.ctime_ns
         e.st_atime_ns = node.mtime_ns

@@ -45,6 +45,8 @@ def encode_entry(node: Node) -> str:
         data["o"] = node.origin_url
     if node.attrs_from != "default":
         data["a"] = node.attrs_from
+    if node.pack is True:
+        data["pk"] = 1
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -56,6 +58,7 @@ def decode_entry(text: str) -> dict[str, Any]:
         "etag": data.get("e"), "digest": data.get("d"), "target": data.get("l"),
         "xattrs": dict(data.get("x") or {}), "source": data.get("src", "store"),
         "origin_url": data.get("o"), "attrs_from": data.get("a", "default"),
+        "pack": True if data.get("pk") else None,
     }
 
 
@@ -93,8 +96,9 @@ class MetadataCache:
         return decode_entry(row[0]) if row else None
 
     def mark(self, directory: Node) -> None:
-        """Rewrite this directory's rows at the next flush."""
-        if directory.children is not None:
+        """Rewrite this directory's rows at the next flush (not inside packs: their tables
+        of contents are kept instead)."""
+        if directory.children is not None and directory.listed_at != float("inf"):
             self.dirty[directory.path()] = directory
 
     def drop(self, path: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -71,6 +71,8 @@ class Namespace:
         self._flat: dict[int, trio.Event] = {}  # subtree listings in progress, by top inode
         self._nursery: trio.Nursery | None = None
         self.flat_listings = 0
+        #: fills in a pack directory from its table of contents (set by the daemon)
+        self.pack_loader: Callable[[Node], Awaitable[None]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background subtree listings live here."""
@@ -234,6 +236,9 @@ class Namespace:
         return (await self.children(directory)).get(name)
 
     async def _list(self, directory: Node) -> None:
+        if directory.pack is True and self.pack_loader is not None:
+            await self.pack_loader(directory)
+            return
         path = directory.path()
         if directory.children is None:
             stored = await self.metadata.load(path)
@@ -337,6 +342,8 @@ class Namespace:
         if node is not None:
             if self._keep_local(node):
                 return
+            if node.pack is True and obj is not None and node.etag == obj.etag:
+                return  # the same pack, still shown as its directory
             same_kind = (node.kind is Kind.DIR) == (kind is Kind.DIR)
             if same_kind and (obj is None or node.etag == obj.etag):
                 return

@@ -67,6 +67,9 @@ class Node:
     attrs_from: str = "default"
     #: origin URL for a file the store lacks but an origin has
     origin_url: str | None = None
+    #: packs: True on a directory that is a pack object (its tree comes from the pack's table
+    #: of contents); a packs.PackFile on a file inside one
+    pack: Any = None
     # directories
     children: dict[str, Node] | None = None
     listed_at: float = 0.0  # wall clock of the last listing (0: never)

@@ -15,14 +15,12 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import trio
 
-from .blobs import BlobTier
 from .errors import CacheFSError
-from .fetch import Fetcher
 from .namespace import Namespace
 from .nodes import Kind, Node
 from .stats import Stats
@@ -41,13 +39,15 @@ class Window:
 
 
 class Prefetcher:
-    def __init__(self, ns: Namespace, blobs: BlobTier, fetcher: Fetcher, *,
-                 local_digest: Callable[[Node], str | None], disk: trio.CapacityLimiter,
-                 stats: Stats, window: Window | None = None) -> None:
+    def __init__(self, ns: Namespace, *,
+                 cached_paths: Callable[[Node], list[Path] | None],
+                 start_fetch: Callable[[Node, int], Awaitable[object] | None],
+                 disk: trio.CapacityLimiter, stats: Stats, window: Window | None = None) -> None:
         self.ns = ns
-        self.blobs = blobs
-        self.fetcher = fetcher
-        self.local_digest = local_digest
+        #: local files holding a node's content, if all of it is cached
+        self.cached_paths = cached_paths
+        #: starts bringing a node's content into the blob tier; None if it cannot
+        self.start_fetch = start_fetch
         self.disk = disk
         self.stats = stats
         self.window = window or Window()
@@ -109,29 +109,34 @@ class Prefetcher:
             planned_bytes += node.size
         if not self.active:
             return  # planned, but not acted on until the reader confirms the order
-        warm: list[Path] = []
+        warm: dict[Path, None] = {}  # ordered, without repeats (pack files share frames)
         for node in self.plan:
             if node.ino in self._started:
                 continue
             self._started.add(node.ino)
-            digest = self.local_digest(node)
-            if digest is not None:
-                warm.append(self.blobs.path(digest))
-            elif node.etag is not None and node.size <= self.window.max_file:
+            paths = self.cached_paths(node)
+            if paths is not None:
+                warm.update(dict.fromkeys(paths))
+            else:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._fetch, node)
         if warm:
             self.stats.count("prefetch_local", len(warm))
             assert self._nursery is not None
-            self._nursery.start_soon(self._warm, warm)
+            self._nursery.start_soon(self._warm, list(warm))
 
     async def _fetch(self, node: Node) -> None:
         async with self._slots:
-            if node.etag is None or self.local_digest(node) is not None:
+            if self.cached_paths(node) is not None:
+                return
+            waiting = self.start_fetch(node, self.window.max_file)
+            if waiting is None:
                 return
             self.stats.count("prefetch_store")
-            fetch = self.fetcher.fetch(self.ns.key(node), node.etag, node.size)
-            await fetch.done.wait()
+            try:
+                await waiting
+            except CacheFSError as e:
+                log.debug("prefetch of %s failed: %s", node.path(), e)
 
     async def _warm(self, paths: list[Path]) -> None:
         def readahead() -> None:

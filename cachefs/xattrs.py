@@ -17,7 +17,7 @@ from .nodes import Kind, Node
 
 NS = "user.cachefs."
 #: control names answered by the mount root
-CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config", "keys")
+CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config", "keys", "subtree")
 #: settings a directory carries for everything below it (issue: origin fallback)
 DIR_SETTINGS = ("origin", "origin-fetch", "checksums")
 MAX_VALUE = 16 << 10
@@ -81,8 +81,8 @@ class Xattrs:
     async def set(self, node: Node, name: str, value: bytes) -> None:
         if not name.startswith("user."):
             raise Unsupported(f"only user.* extended attributes are kept ({name})")
-        if self.fs.opts.read_only:
-            raise ReadOnly("the mount is read-only")
+        if self.fs.opts.read_only or self.fs.in_pack(node):
+            raise ReadOnly("the mount (or this pack) is read-only")
         if len(value) > MAX_VALUE:
             raise InvalidArgument(f"{name}: value longer than {MAX_VALUE} bytes")
         try:
