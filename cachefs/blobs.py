@@ -396,7 +396,7 @@ class BlobTier:
         self.pin(digest)
         return BlobReader(self, digest, fd)
 
-    async def verify(self, digest: str) -> bool:
+    async def verify(self, digest: str, discard: bool = True) -> bool:
         """Re-hash a whole blob (``cachefs verify``); discards it if it is wrong."""
         path = self.path(digest)
         try:
@@ -404,7 +404,8 @@ class BlobTier:
         except FileNotFoundError:
             actual = "missing"
         if actual != digest:
-            await self.discard(digest, f"content does not match its digest ({actual[:16]})")
+            if discard:
+                await self.discard(digest, f"content does not match its digest ({actual[:16]})")
             return False
         return True
 

@@ -329,11 +329,11 @@ class Progress:
 
 
 def _watch_transfer(mountpoint: Path, key_suffix: str, progress: Progress,
-                    done: threading.Event) -> None:
+                    done: threading.Event, what: str | None = None) -> None:
     while not done.wait(0.2):
         with contextlib.suppress(Failure, OSError):
             for item in _mount_control(str(mountpoint), "stats").get("in_flight", []):
-                if item["key"].endswith(key_suffix):
+                if item["key"].endswith(key_suffix) and what in (None, item["what"]):
                     progress.update(item["done"], item["total"])
 
 
@@ -362,6 +362,36 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         watcher.join()
         progress.close()
         print(f"fetched {text}")
+    return code
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    code = OK
+    for text in args.paths:
+        mountpoint, rel = find_mount(Path(text)) if not os.path.ismount(text) \
+            else (Path(text).absolute(), "")
+        progress = Progress(f"warming {rel or '/'}")
+        done = threading.Event()
+        watcher = threading.Thread(target=_watch_transfer,
+                                   args=(mountpoint, "", progress, done, "warm"), daemon=True)
+        watcher.start()
+        try:
+            os.setxattr(mountpoint, "user.cachefs.warm", rel.encode())
+            failed = False
+        except OSError as e:
+            failed = True
+            message = e.strerror
+        done.set()
+        watcher.join()
+        progress.close()
+        result = _mount_control(str(mountpoint), "warmed")
+        summary = (f"{result.get('files', 0)} files: {result.get('cached', 0)} already cached, "
+                   f"{result.get('fetched', 0)} fetched, {result.get('failed', 0)} failed")
+        if failed:
+            print(f"cachefs: {text}: {message}; {summary}", file=sys.stderr)
+            code = FAIL
+        else:
+            print(f"cachefs: warmed {text}: {summary}")
     return code
 
 
@@ -420,6 +450,60 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
 
     return run_doctor(_load_config(args))
+
+
+def _cache_dir_or_mount(args: argparse.Namespace) -> tuple[Path | None, Path]:
+    """(mount point, cache dir): a running mount is asked to do the work itself."""
+    if args.target and os.path.ismount(args.target):
+        return Path(args.target).absolute(), Path()
+    config = _load_config(args)
+    return None, Path(args.target or config.cache_dir)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import maintenance
+    from .daemon import CacheDirBusy
+
+    mountpoint, cache_dir = _cache_dir_or_mount(args)
+    if mountpoint is not None:
+        os.setxattr(mountpoint, "user.cachefs.verify", b"repair" if args.repair else b"check")
+        report = _mount_control(str(mountpoint), "verified")
+    else:
+        if not (cache_dir / "blobs").is_dir():
+            raise Failure(f"{cache_dir} is not a cachefs cache dir")
+        try:
+            report = maintenance.verify(cache_dir, args.repair)
+        except CacheDirBusy as e:
+            raise Failure(f"{e}: run `cachefs verify MOUNTPOINT` instead") from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"cachefs: checked {report['checked']} blobs ({_human(report['bytes'])}): "
+              f"{len(report['bad'])} bad" + (", removed (they are fetched again when read)"
+                                             if report["bad"] and report["repaired"] else ""))
+        for digest in report["bad"]:
+            print(f"  bad blob {digest}")
+        for digest in report["pending_uploads_damaged"]:
+            print(f"  a pending upload lost its content: {digest}", file=sys.stderr)
+    return MISS if report["bad"] and not report["repaired"] else OK
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    from . import maintenance
+    from .daemon import CacheDirBusy
+
+    mountpoint, cache_dir = _cache_dir_or_mount(args)
+    if mountpoint is not None:
+        raise Failure(f"{mountpoint} is mounted: unmount it before clearing its cache dir")
+    if not (cache_dir / "blobs").is_dir():
+        raise Failure(f"{cache_dir} is not a cachefs cache dir")
+    try:
+        report = maintenance.clear(cache_dir)
+    except CacheDirBusy as e:
+        raise Failure(f"{e}: unmount it first") from None
+    print(f"cachefs: removed {report['removed']} blobs ({_human(report['bytes'])}) from "
+          f"{cache_dir}; kept {report['kept_for_uploads']} that pending uploads need")
+    return OK
 
 
 def hash_paths(paths: Sequence[str]) -> str:
@@ -569,6 +653,40 @@ def build_parser() -> argparse.ArgumentParser:
         the pinned SHA-256 if any, uploads to the store, with a progress bar on a terminal.
         Exit 0 if all were fetched, 1 if one was not at the origin, 2 on errors.""")
     p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = command("warm", cmd_warm, "fetch whole subtrees into the cache ahead of use", """
+        examples:
+          cachefs warm /cache/go-mod/$KEY
+          cachefs warm /cache/toolchains /cache/node/abcd
+
+        Fetches every file below each PATH (store objects, or pack frames) into the blob
+        tier, 32 at a time, with a progress bar on a terminal. Exit 0 when all of it is
+        cached, 2 if some files could not be fetched.""")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = command("verify", cmd_verify, "check every cached blob against its digest", """
+        examples:
+          cachefs verify                     # the default cache dir (not mounted)
+          cachefs verify --cache-dir /ci/cache --repair
+          cachefs verify /cache              # a running mount checks its own cache
+
+        Re-hashes every blob in the blob tier. Exit 0 if all are good (or were repaired),
+        1 if bad blobs were found and left alone, 2 on errors. --repair removes bad blobs;
+        they are fetched again when next read. Reads never serve a bad blob either way.""")
+    p.add_argument("target", nargs="?", metavar="MOUNTPOINT|CACHE_DIR")
+    p.add_argument("--repair", action="store_true", help="remove the blobs that fail")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _config_flags(p, ["cache_dir"])
+
+    p = command("clear", cmd_clear, "empty a cache dir's blob tier", """
+        examples:
+          cachefs clear
+          cachefs clear --cache-dir /ci/cache
+
+        Refuses while a mount uses the cache dir. Keeps the blobs that pending uploads
+        still need, so nothing written is lost.""")
+    p.add_argument("target", nargs="?", metavar="CACHE_DIR")
+    _config_flags(p, ["cache_dir"])
 
     p = command("doctor", cmd_doctor, "check that a store works: reach, write, read, delete", """
         examples:

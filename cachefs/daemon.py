@@ -34,6 +34,7 @@ from .errors import (
     BucketNotFound,
     CacheFSError,
     ConfigError,
+    NotFound,
     StoreUnavailable,
 )
 from .fallback import OriginFallback, parse_origin_options, validate_setting
@@ -46,7 +47,7 @@ from .namespace import Namespace
 from .nodes import InodeTable
 from .origin import OriginClient
 from .packs import Packs
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, warm
 from .stats import Stats
 from .store import Store, open_store
 from .store.local import LocalStore
@@ -64,6 +65,10 @@ DRAIN_GRACE = 60.0
 
 class MountError(CacheFSError):
     """Mounting failed for a reason the user can fix; the message is the one line we print."""
+
+
+class CacheDirBusy(MountError):
+    """Another cachefs process holds the cache dir."""
 
 
 @contextlib.contextmanager
@@ -84,14 +89,25 @@ def cache_dir_lock(cache_dir: Path) -> Iterator[None]:
     except BlockingIOError:
         holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise MountError(f"cache dir {cache_dir} is in use by another cachefs ({holder}); "
-                         "use a different --cache-dir") from None
+        raise CacheDirBusy(f"cache dir {cache_dir} is in use by another cachefs ({holder})") \
+            from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
     try:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _mount_lock(cache_dir: Path) -> Iterator[None]:
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(cache_dir_lock(cache_dir))
+    except CacheDirBusy as e:
+        raise MountError(f"{e}: give this mount its own --cache-dir") from None
+    with stack:
+        yield
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -174,8 +190,11 @@ class Daemon:
                                      stats=self.stats)
         self.fs.on_read_open = self.prefetcher.opened
         self.subtree: subtree.Subtree | None = None
+        self.last_warm: dict[str, int] = {}
+        self.last_verify: dict[str, Any] = {}
         self.xattrs = Xattrs(self.fs, self.control, validate_setting=validate_setting,
-                             actions={"fetch": self._approve})
+                             actions={"fetch": self._approve, "warm": self._warm,
+                                      "verify": self._verify})
         self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
 
     def start(self) -> None:
@@ -213,6 +232,27 @@ class Daemon:
     async def _approve(self, path: str) -> None:
         await self.fs.approve(path)
 
+    async def _verify(self, mode: str) -> None:
+        bad = []
+        digests = list(self.blobs.entries)
+        for digest in digests:
+            if not await self.blobs.verify(digest, discard=mode == "repair"):
+                bad.append(digest)
+        self.last_verify = {"checked": len(digests), "bad": bad, "repaired": mode == "repair",
+                            "bytes": self.blobs.usage, "pending_uploads_damaged": sorted(
+                                op.digest for op in self.writeback.queue
+                                if op.digest and op.digest in bad)}
+
+    async def _warm(self, path: str) -> None:
+        node = await self.ns.resolve(path)
+        if node is None:
+            raise NotFound(f"{path}: no such file or directory")
+        result = await warm(self.ns, node, cached_paths=self.fs.cached_paths,
+                            start_fetch=self.fs.start_fetch, stats=self.stats)
+        self.last_warm = result
+        if result["failed"]:
+            raise CacheFSError(f"{result['failed']} file(s) could not be fetched (see the log)")
+
     async def control(self, name: str) -> dict[str, Any] | str:
         """Answers to the root's control attributes (see xattrs.py)."""
         if name == "pid":
@@ -229,6 +269,10 @@ class Daemon:
             return await self.fs.sync()
         if name == "subtree":
             return self.mount_info()
+        if name == "warmed":
+            return self.last_warm
+        if name == "verified":
+            return self.last_verify
         if name == "keys":
             return {"keys": self.stats.key_report(300)}
         return self.stats_snapshot()
@@ -351,7 +395,7 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
         if isinstance(store, LocalStore):
             store.ensure()
         cache_dir = Path(config.cache_dir)
-        with cache_dir_lock(cache_dir):
+        with _mount_lock(cache_dir):
             online = check_store(store, has_cache=(cache_dir / "index.db").exists())
             chosen = None
             if config.subtree:

@@ -165,18 +165,56 @@ class Prefetcher:
                 if child.kind is Kind.FILE:
                     yield child
                 elif child.kind is Kind.DIR:
-                    async for below in self._below(child):
+                    async for below in tree_files(self.ns, child):
                         yield below
             current = parent
 
-    async def _below(self, directory: Node) -> AsyncIterator[Node]:
-        children = await self.ns.children(directory)
-        for name in sorted(children):
-            child = children.get(name)
-            if child is None:
-                continue
-            if child.kind is Kind.FILE:
-                yield child
-            elif child.kind is Kind.DIR:
-                async for below in self._below(child):
-                    yield below
+
+async def tree_files(ns: Namespace, directory: Node) -> AsyncIterator[Node]:
+    """Every file below ``directory``, in tree order, listing directories as needed."""
+    children = await ns.children(directory)
+    for name in sorted(children):
+        child = children.get(name)
+        if child is None:
+            continue
+        if child.kind is Kind.FILE:
+            yield child
+        elif child.kind is Kind.DIR:
+            async for below in tree_files(ns, child):
+                yield below
+
+
+async def warm(ns: Namespace, top: Node, *, cached_paths: Callable[[Node], list[Path] | None],
+               start_fetch: Callable[[Node, int], Awaitable[object] | None], stats: Stats,
+               parallel: int = 32) -> dict[str, int]:
+    """`cachefs warm`: bring every file below ``top`` into the blob tier, many at a time."""
+    files = [top] if top.kind is Kind.FILE else [n async for n in tree_files(ns, top)]
+    progress = stats.begin("warm", ns.key(top) if top.kind is not Kind.DIR
+                           else ns.dir_prefix(top), sum(n.size for n in files))
+    slots = trio.Semaphore(parallel)
+    result = {"files": len(files), "cached": 0, "fetched": 0, "failed": 0, "skipped": 0}
+
+    async def one(node: Node) -> None:
+        async with slots:
+            if cached_paths(node) is not None:
+                result["cached"] += 1
+            else:
+                waiting = start_fetch(node, 1 << 62)
+                if waiting is None:
+                    result["skipped"] += 1
+                else:
+                    try:
+                        await waiting
+                        result["fetched"] += 1
+                    except CacheFSError as e:
+                        log.warning("warm: %s: %s", node.path(), e)
+                        result["failed"] += 1
+            progress.done += node.size
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for node in files:
+                nursery.start_soon(one, node)
+    finally:
+        stats.end(progress)
+    return result

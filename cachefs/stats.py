@@ -17,6 +17,7 @@ class Progress:
     total: int
     done: int = 0
     started: float = dataclasses.field(default_factory=time.time)
+    id: int = 0
 
 
 class Stats:
@@ -56,13 +57,12 @@ class Stats:
 
     def begin(self, what: str, key: str, total: int) -> Progress:
         self._next_id += 1
-        progress = Progress(what, key, total)
+        progress = Progress(what, key, total, id=self._next_id)
         self.in_flight[self._next_id] = progress
-        progress.id = self._next_id  # type: ignore[attr-defined]
         return progress
 
     def end(self, progress: Progress) -> None:
-        self.in_flight.pop(progress.id, None)  # type: ignore[attr-defined]
+        self.in_flight.pop(progress.id, None)
 
     def snapshot(self) -> dict[str, Any]:
         return {

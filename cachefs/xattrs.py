@@ -17,7 +17,8 @@ from .nodes import Kind, Node
 
 NS = "user.cachefs."
 #: control names answered by the mount root
-CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config", "keys", "subtree")
+CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config", "keys", "subtree",
+           "warmed", "verified")
 #: settings a directory carries for everything below it (issue: origin fallback)
 DIR_SETTINGS = ("origin", "origin-fetch", "checksums")
 MAX_VALUE = 16 << 10

@@ -16,7 +16,7 @@ from .servers import KEY_ID, SECRET, SeaweedFS
 
 
 @pytest.mark.parametrize("command", ["mount", "umount", "sync", "status", "stats", "doctor",
-                                     "key", "fetch"])
+                                     "key", "fetch", "pack", "warm", "verify", "clear"])
 def test_every_command_has_help_with_examples(command: str) -> None:
     result = cli(command, "--help", check=True)
     assert "examples:" in result.stdout
