@@ -62,6 +62,7 @@ def manifest_entry(node: Node) -> dict[str, Any]:
     }
     if node.kind is not Kind.DIR:
         entry["etag"] = node.etag
+        entry["size"] = node.size  # the plain size, also for objects stored compressed
     if node.digest:
         entry["sha256"] = node.digest
     if node.target is not None:
@@ -96,6 +97,8 @@ def apply_manifest_entry(node: Node, entry: Mapping[str, Any]) -> bool:
     sha = entry.get("sha256")
     if isinstance(sha, str) and len(sha) == 64:
         node.digest = sha
+    if kind == "f" and isinstance(entry.get("size"), int):
+        node.size = entry["size"]
     xattrs = entry.get("xattrs")
     if isinstance(xattrs, dict):
         node.xattrs = {str(k): str(v) for k, v in xattrs.items()}
@@ -116,6 +119,9 @@ def apply_object_metadata(node: Node, meta: Mapping[str, str]) -> None:
     sha = meta.get("cachefs-sha256")
     if sha and len(sha) == 64:
         node.digest = sha
+    plain = meta.get("cachefs-size")
+    if plain and plain.isdigit():
+        node.size = int(plain)  # stored compressed: the listing showed the stored size
     if attrs:
         node.attrs_from = "headers"
 

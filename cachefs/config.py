@@ -132,6 +132,8 @@ FIELDS: tuple[Field, ...] = (
           "PATH=URL: names under PATH that the store lacks are fetched from URL (repeatable)"),
     Field("origin_fetch", parse_choice("auto", "curate"), lambda: "auto",
           "auto: fetch origin misses when read; curate: only after `cachefs fetch` approves"),
+    Field("compress", str, lambda: "",
+          "store objects written here zstd-compressed: zstd or zstd:LEVEL (default: plain)"),
     Field("subtree", str, lambda: None,
           "mount only this key (a pack or a prefix) at the mount point"),
     Field("restore_key", parse_list, list,
@@ -159,6 +161,7 @@ class Config:
     allow_other: bool
     origin: list[str]
     origin_fetch: str
+    compress: str
     subtree: str | None
     restore_key: list[str]
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)

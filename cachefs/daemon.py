@@ -24,7 +24,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import __version__, subtree
+from . import __version__, codec, subtree
 from .attrs import manifest_entry
 from .blobs import BlobTier
 from .config import Config
@@ -159,8 +159,13 @@ class Daemon:
                               self.limiters.cpu)
         self.metadata = MetadataCache(self.db)
         self.table = InodeTable()
+        try:
+            level = codec.parse_level(config.compress)
+        except ValueError as e:
+            raise ConfigError(f"compress: {e}") from None
         self.writeback = WriteBack(store, self.blobs, cache_dir, s3=self.limiters.s3,
-                                   disk=self.limiters.disk, stats=self.stats)
+                                   disk=self.limiters.disk, cpu=self.limiters.cpu,
+                                   stats=self.stats, compress_level=level)
         self.notifier = KernelNotifier()
         self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
                             ttl=config.metadata_ttl, notifier=self.notifier,

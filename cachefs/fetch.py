@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import trio
 
+from . import zobject
 from .blobs import BLOCK, BlobTier, DigestBuilder
 from .errors import (
     CacheFSError,
@@ -442,6 +443,9 @@ class Fetcher:
             data = b"".join(chunks)
             if len(data) != info.size:
                 raise StoreUnavailable(f"{fetch.key}: got {len(data)} of {info.size} bytes")
+            if zobject.is_compressed(info.metadata):
+                sha, size, crcs = self._unpack_small(data, info)
+                return info, sha, size, crcs, None
             builder = DigestBuilder()
             builder.update(data)
             sha, crcs = builder.finish()
@@ -451,8 +455,9 @@ class Fetcher:
                 if etag_check.possible:
                     etag_check.update(data)
                     etag_ok = etag_check.matches()
-            if not self.blobs.has(sha):
-                self._place_blob(sha, data)
+            expected = expected_sha256(info.metadata)
+            if not self.blobs.has(sha) and expected in (None, sha):
+                self._place_blob(sha, data)  # a mismatch is never kept (checked below)
             return info, sha, info.size, crcs, etag_ok
 
         info, sha, size, crcs, etag_ok = await self._retrying(f"GET {fetch.key}", work)
@@ -464,6 +469,29 @@ class Fetcher:
         self.blobs.bind(fetch.key, fetch.etag, sha)
         await self.blobs.evict()
         fetch.finish(sha)
+
+    def _unpack_small(self, data: bytes, info: ObjectInfo) -> tuple[str, int, array]:
+        """A small compressed object, decompressed frame by frame into the blob tier."""
+        location = zobject.index_location(info.metadata)
+        if location is None:
+            raise ChecksumMismatch(f"{info.key}: compressed object without an index")
+        index = zobject.ZIndex.decode(data[location[0]:location[0] + location[1]])
+        temp = self.blobs.new_temp_path("small")
+        builder = DigestBuilder()
+        with open(temp, "wb") as out:
+            for number, (at, size) in enumerate(index.frames):
+                plain = zobject.decompress_frame(data[at:at + size], index, number)
+                builder.update(plain)
+                out.write(plain)
+        sha, crcs = builder.finish()
+        if expected_sha256(info.metadata) not in (None, sha):
+            temp.unlink()  # a mismatch is never kept (the caller reports it)
+            return sha, builder.size, crcs
+        dest = self.blobs.path(sha)
+        dest.parent.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(temp, 0o600)
+        os.replace(temp, dest)
+        return sha, builder.size, crcs
 
     def _place_blob(self, sha: str, data: bytes) -> None:
         """Write a verified small blob into the tier (worker thread). No fsync: the per-block
@@ -482,38 +510,36 @@ class Fetcher:
         if fetch.path is None:
             fetch.path = self.blobs.new_temp_path("fetch")
             fetch.fd = os.open(fetch.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        first = fetch.next_range()
-        assert first is not None
-        info = await self._part(fetch, *first)
+        # The first GET starts at 0 whatever the reader wants: it tells how the object is
+        # stored (a compressed one is shorter than the file it holds), and the start is
+        # wanted anyway.
+        first = (0, min(fetch.size, MIN_PART))
+        fetch.requested.add(*first)
+        if fetch.cursor < first[1]:
+            fetch.cursor, fetch.part = first[1], MIN_PART * 2
+        info, head = await self._retrying(f"GET {fetch.key}",
+                                          lambda: self._get_bytes(fetch, *first))
         fetch.info = info
         self.on_info(info)
-        if info.size != fetch.size:
+        if zobject.is_compressed(info.metadata):
+            await self._compressed(fetch, info, head, progress)
+            return
+        if info.size != fetch.size or len(head) != first[1] - first[0]:
             raise ObjectChanged(f"{fetch.key}: size changed from {fetch.size} to {info.size}")
         sha = expected_sha256(info.metadata)
         if sha and self.blobs.has(sha):  # same content already here under another key
             self.blobs.bind(fetch.key, fetch.etag, sha)
             fetch.finish(sha)
             return
+        await trio.to_thread.run_sync(_pwrite_all, fetch.fd, head, first[0], limiter=self.disk)
         fetch.unit_crcs = decode_crcs(info.metadata.get("cachefs-crc"))
         can_check = bool(sha) or (self.etag_is_md5 and EtagCheck(info.etag, info.size).possible)
         fetch.hold_tail = fetch.unit_crcs is None and can_check
         await self._after_part(fetch, *first)
-
         check = EtagCheck(info.etag, info.size) if self.etag_is_md5 else None
         builder = DigestBuilder()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._hash, fetch, builder, check)
-                slots = trio.Semaphore(self.parallel)
-                while True:
-                    await slots.acquire()
-                    part = fetch.next_range()
-                    if part is None:
-                        slots.release()
-                        break
-                    nursery.start_soon(self._part_task, fetch, part, slots, progress)
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
+        await self._parallel(fetch, builder, check, lambda: fetch.next_range(),
+                             lambda part: self._part_task(fetch, part, progress))
         digest, crcs = builder.finish()
         etag_ok = check.matches() if check is not None and check.possible else None
         self._check_content(fetch, info, digest, etag_ok, accept_sha)
@@ -521,14 +547,105 @@ class Fetcher:
                                 bindings=[(fetch.key, fetch.etag)])
         fetch.finish(digest)
 
-    async def _part_task(self, fetch: Fetch, part: tuple[int, int], slots: trio.Semaphore,
-                         progress: Progress) -> None:
+    async def _parallel(self, fetch: Fetch, builder: DigestBuilder, check: EtagCheck | None,
+                        pick: Callable[[], tuple[int, int] | None],
+                        task: Callable[[tuple[int, int]], Awaitable[None]]) -> None:
+        """Run ``task`` for each range ``pick`` gives, several at once, hashing in order."""
+        slots = trio.Semaphore(self.parallel)
+
+        async def run(part: tuple[int, int]) -> None:
+            try:
+                await task(part)
+            finally:
+                slots.release()
+
         try:
-            await self._part(fetch, *part)
-            await self._after_part(fetch, *part)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._hash, fetch, builder, check)
+                while True:
+                    await slots.acquire()
+                    part = pick()
+                    if part is None:
+                        slots.release()
+                        break
+                    nursery.start_soon(run, part)
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
+
+    def _get_bytes(self, fetch: Fetch, start: int, end: int) -> tuple[ObjectInfo, bytes]:
+        """[start, end) of the object in memory (at most a part); shorter if the object is."""
+        with self.store.open_read(fetch.key, start, end - start,
+                                  etag=fetch.etag or None) as stream:
+            chunks = []
+            while chunk := stream.read(CHUNK):
+                chunks.append(chunk)
+            info = stream.info
+        data = b"".join(chunks)
+        if len(data) != min(end, info.size) - start:
+            raise StoreUnavailable(f"{fetch.key}: got {len(data)} bytes of [{start}, {end})")
+        return info, data
+
+    async def _compressed(self, fetch: Fetch, info: ObjectInfo, head: bytes,
+                          progress: Progress) -> None:
+        """An object cachefs stored compressed: fetch its index, then the frames readers need
+        first; the blob tier keeps the plain bytes."""
+        location = zobject.index_location(info.metadata)
+        if location is None:
+            raise ChecksumMismatch(f"{fetch.key}: compressed object without an index")
+        offset, length = location
+        if offset + length <= len(head):
+            raw = head[offset:offset + length]
+        else:
+            _, raw = await self._retrying(f"GET {fetch.key} index", lambda: self._get_bytes(
+                fetch, offset, offset + length))
+        index = zobject.ZIndex.decode(raw)
+        assert fetch.path is not None
+        self._reset(fetch)
+        fetch.size = index.size
+        fetch.unit_crcs = decode_crcs(info.metadata.get("cachefs-crc"))
+        fetch.hold_tail = fetch.unit_crcs is None
+        progress.total = index.size
+
+        def pick() -> tuple[int, int] | None:
+            count = len(index.frames)
+            first = min(fetch.cursor // index.frame, max(count - 1, 0))
+            for number in [*range(first, count), *range(0, first)]:
+                start, end = index.frame_range(number)
+                if not fetch.requested.covers(start, end):
+                    fetch.requested.add(start, end)
+                    fetch.cursor = end
+                    return number, number
+            return None
+
+        async def frame_task(pair: tuple[int, int]) -> None:
+            number = pair[0]
+            at, size = index.frames[number]
+            if at + size <= len(head):
+                data = head[at:at + size]
+            else:
+                _, data = await self._retrying(f"GET {fetch.key} frame {number}",
+                                               lambda: self._get_bytes(fetch, at, at + size))
+            start, end = index.frame_range(number)
+
+            def unpack() -> None:
+                _pwrite_all(fetch.fd, zobject.decompress_frame(data, index, number), start)
+
+            await trio.to_thread.run_sync(unpack, limiter=self.cpu)
+            await self._after_part(fetch, start, end)
             progress.done = fetch.received.total()
-        finally:
-            slots.release()
+
+        builder = DigestBuilder()
+        await self._parallel(fetch, builder, None, pick, frame_task)
+        digest, crcs = builder.finish()
+        self._check_content(fetch, info, digest, None, None)
+        await self.blobs.commit(fetch.path, digest, fetch.size, crcs,
+                                bindings=[(fetch.key, fetch.etag)])
+        fetch.finish(digest)
+
+    async def _part_task(self, fetch: Fetch, part: tuple[int, int], progress: Progress) -> None:
+        await self._part(fetch, *part)
+        await self._after_part(fetch, *part)
+        progress.done = fetch.received.total()
 
     async def _after_part(self, fetch: Fetch, start: int, end: int) -> None:
         fetch.received.add(start, end)

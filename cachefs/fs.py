@@ -215,7 +215,10 @@ class CacheFS:
         """Attributes from a GET's headers (cachefs's or s3fs-fuse's metadata)."""
         node = self.ns.find_key(info.key)
         if node is not None and node.etag == info.etag:
+            size = node.size
             attrs_mod.apply_object_metadata(node, info.metadata)
+            if node.size != size:
+                self.ns.notifier.inode_changed(node.ino)
 
     async def _origin_done(self, fetch: Fetch, info: OriginInfo) -> None:
         """An origin fetch is in the blob tier: upload it so the next runner hits the store."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from . import zobject
 from .blobs import BlobTier
 from .errors import CacheFSError, NotFound, unwrap_group
 from .stats import Stats
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 MULTIPART_THRESHOLD = 8 << 20
 PART_SIZE = 8 << 20
 PARTS_IN_FLIGHT = 4
+#: smaller files are stored plain even with --compress: the index would outweigh the gain
+COMPRESS_MIN = 4096
 #: background retries back off up to this many seconds
 MAX_BACKOFF = 60.0
 #: a caller waiting on its operation (sync mode) gives up after this many failed attempts
@@ -124,15 +127,19 @@ class Journal:
 
 class WriteBack:
     def __init__(self, store: Store, blobs: BlobTier, cache_dir: Path, *,
-                 s3: trio.CapacityLimiter, disk: trio.CapacityLimiter, stats: Stats,
-                 workers: int = 8, encode: Callable[..., Any] | None = None) -> None:
+                 s3: trio.CapacityLimiter, disk: trio.CapacityLimiter,
+                 cpu: trio.CapacityLimiter | None = None, stats: Stats, workers: int = 8,
+                 compress_level: int | None = None) -> None:
         self.store = store
         self.blobs = blobs
         self.journal = Journal(cache_dir / "journal.log")
         self.s3 = s3
         self.disk = disk
+        self.cpu = cpu or trio.CapacityLimiter(2)
         self.stats = stats
         self.workers = workers
+        #: zstd level for objects written here (``--compress``), None to store them plain
+        self.compress_level = compress_level
         self.queue: list[Op] = []
         self.by_key: dict[str, deque[Op]] = {}
         self._seq = 0
@@ -335,24 +342,46 @@ class WriteBack:
             body = meta.pop("cachefs-body", "").encode()
             return await trio.to_thread.run_sync(self.store.put, op.key, body, meta,
                                                  limiter=self.s3)
-        path = self.blobs.path(op.digest)
-        progress = self.stats.begin("upload", op.key, op.size)
+        path, size, meta = self.blobs.path(op.digest), op.size, dict(op.meta)
+        temp = None
+        if self.compress_level is not None and op.size >= COMPRESS_MIN:
+            temp = self.blobs.new_temp_path("z")
+            extra, size = await trio.to_thread.run_sync(self._compress, path, temp, op.size,
+                                                        limiter=self.cpu)
+            meta.update(extra)
+            path = temp
+        progress = self.stats.begin("upload", op.key, size)
         try:
-            if op.size <= MULTIPART_THRESHOLD:
+            if size <= MULTIPART_THRESHOLD:
                 data = await trio.to_thread.run_sync(path.read_bytes, limiter=self.disk)
-                info = await trio.to_thread.run_sync(self.store.put, op.key, data, op.meta,
+                info = await trio.to_thread.run_sync(self.store.put, op.key, data, meta,
                                                      limiter=self.s3)
-                progress.done = op.size
+                progress.done = size
             else:
-                info = await self._put_multipart(op, path, progress)
+                info = await self._put_multipart(op.key, path, size, meta, progress)
         finally:
             self.stats.end(progress)
-        self.stats.count("bytes_to_store", op.size)
-        return ObjectInfo(op.key, op.size, info.etag, time.time(), op.meta)
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+        self.stats.count("bytes_to_store", size)
+        return ObjectInfo(op.key, op.size, info.etag, time.time(), meta)
 
-    async def _put_multipart(self, op: Op, path: Path, progress: Any) -> ObjectInfo:
-        part_size = max(PART_SIZE, MIN_PART_SIZE, -(-op.size // MAX_PARTS))
-        upload_id = await trio.to_thread.run_sync(self.store.create_multipart, op.key, op.meta,
+    def _compress(self, path: Path, temp: Path, size: int) -> tuple[dict[str, str], int]:
+        assert self.compress_level is not None
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            dest = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                return zobject.compress_file(src, size, dest, self.compress_level)
+            finally:
+                os.close(dest)
+        finally:
+            os.close(src)
+
+    async def _put_multipart(self, key: str, path: Path, size: int, meta: dict[str, str],
+                             progress: Any) -> ObjectInfo:
+        part_size = max(PART_SIZE, MIN_PART_SIZE, -(-size // MAX_PARTS))
+        upload_id = await trio.to_thread.run_sync(self.store.create_multipart, key, meta,
                                                   limiter=self.s3)
         etags: dict[int, str] = {}
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -364,22 +393,22 @@ class WriteBack:
                     data = await trio.to_thread.run_sync(os.pread, fd, part_size, offset,
                                                          limiter=self.disk)
                     etags[number] = await trio.to_thread.run_sync(
-                        self.store.upload_part, op.key, upload_id, number, data,
+                        self.store.upload_part, key, upload_id, number, data,
                         limiter=self.s3)
                     progress.done += len(data)
 
             try:
                 async with trio.open_nursery() as nursery:
-                    for number, offset in enumerate(range(0, op.size, part_size), 1):
+                    for number, offset in enumerate(range(0, size, part_size), 1):
                         nursery.start_soon(part, number, offset)
             except BaseExceptionGroup as group:
                 raise unwrap_group(group) from None
             parts = sorted(etags.items())
-            return await trio.to_thread.run_sync(self.store.complete_multipart, op.key,
-                                                 upload_id, parts, op.size, limiter=self.s3)
+            return await trio.to_thread.run_sync(self.store.complete_multipart, key,
+                                                 upload_id, parts, size, limiter=self.s3)
         except BaseException:
             with trio.CancelScope(shield=True), contextlib.suppress(CacheFSError):
-                await trio.to_thread.run_sync(self.store.abort_multipart, op.key, upload_id,
+                await trio.to_thread.run_sync(self.store.abort_multipart, key, upload_id,
                                               limiter=self.s3)
             raise
         finally:

@@ -227,3 +227,30 @@ async def test_async_writeback_replays_after_crash(tmp_path: Path) -> None:
     async with running_core(store, tmp_path / "c", writeback="async") as core:
         await core.fs.sync()
         assert store.objects["saved"][0] == b"closed before the crash"
+
+
+async def test_compression_at_rest(tmp_path: Path) -> None:
+    store = MemoryStore()
+    text = b"".join(b"line %d of a compressible file\n" % i for i in range(200_000))
+    async with running_core(store, tmp_path / "w", compress="zstd:3") as core:
+        await core.write("big.txt", text)
+        await core.write("small.txt", text[:20_000])
+        await core.write("tiny.txt", b"tiny")
+        await core.fs.sync()
+    big, meta = store.objects["big.txt"][0], store.objects["big.txt"][1].metadata
+    assert meta["cachefs-compression"] == "zstd" and int(meta["cachefs-size"]) == len(text)
+    assert len(big) < len(text) // 4
+    assert store.objects["small.txt"][1].metadata["cachefs-compression"] == "zstd"
+    assert "cachefs-compression" not in store.objects["tiny.txt"][1].metadata
+    store.add("foreign.txt", b"written by another tool")
+    async with running_core(store, tmp_path / "r") as core:
+        assert (await core.node("big.txt")).size == len(text)  # from the manifest
+        node = await core.node("big.txt")
+        fh, _ = await core.fs.open(node, os.O_RDONLY)
+        middle = len(text) // 2
+        assert await core.fs.read(fh, middle, 1000) == text[middle:middle + 1000]
+        await core.fs.release(fh)
+        assert await core.cat("big.txt") == text
+        assert await core.cat("small.txt") == text[:20_000]
+        assert await core.cat("tiny.txt") == b"tiny"
+        assert await core.cat("foreign.txt") == b"written by another tool"
