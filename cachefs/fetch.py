@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import logging
 import os
 import zlib
@@ -130,6 +131,10 @@ class Fetch:
         self.cursor = 0
         self.part = MIN_PART
         self.unit_crcs: tuple[int, array] | None = None
+        #: multipart upload part size, when parts are downloaded whole and MD5'd in place
+        self.align = 0
+        self.range_md5: dict[tuple[int, int], bytes] = {}
+        self.expected_sha: str | None = None
         self.verified_units: set[int] = set()
         self.hold_tail = True
         self._changed = trio.Event()
@@ -184,9 +189,11 @@ class Fetch:
         if self.unit_crcs is not None:
             unit = self.unit_crcs[0]
             end = min(gap[1], -(-end // unit) * unit)  # whole units, so each can be checked
+        if self.align:
+            end = min(end, (start // self.align + 1) * self.align)  # never across two parts
         self.requested.add(start, end)
         self.cursor = end
-        self.part = min(self.part * 2, MAX_PART)
+        self.part = min(self.part * 2, max(MAX_PART, self.align))
         return start, end
 
     # -- readers --------------------------------------------------------------------------------
@@ -265,11 +272,14 @@ class Fetcher:
             task_status.started()
             await trio.sleep_forever()
 
-    def fetch(self, key: str, etag: str, size: int) -> Fetch:
+    def fetch(self, key: str, etag: str, size: int, sha256: str | None = None) -> Fetch:
+        """The fetch of (key, etag), started if needed. ``sha256``: the content's digest when
+        known from elsewhere (a manifest), checked when the object's metadata has none."""
         existing = self.active.get((key, etag))
         if existing is not None:
             return existing
         fetch = Fetch(key, etag, size)
+        fetch.expected_sha = sha256
         self.active[(key, etag)] = fetch
         assert self._nursery is not None, "Fetcher.run() is not running"
         self._nursery.start_soon(self._job, fetch)
@@ -288,9 +298,10 @@ class Fetcher:
         self._nursery.start_soon(self._origin_job, fetch, info, expected_sha)
         return fetch
 
-    async def fetch_whole(self, key: str, etag: str, size: int) -> str:
+    async def fetch_whole(self, key: str, etag: str, size: int,
+                          sha256: str | None = None) -> str:
         """Fetch and wait; returns the digest of the blob."""
-        return await self.wait(self.fetch(key, etag, size))
+        return await self.wait(self.fetch(key, etag, size, sha256))
 
     @staticmethod
     async def wait(fetch: Fetch) -> str:
@@ -417,7 +428,7 @@ class Fetcher:
 
     def _check_content(self, fetch: Fetch, info: ObjectInfo, sha: str, etag_ok: bool | None,
                        accept_sha: str | None) -> None:
-        expected = expected_sha256(info.metadata)
+        expected = expected_sha256(info.metadata) or fetch.expected_sha
         if expected and expected != sha:
             raise ChecksumMismatch(f"{fetch.key}: SHA-256 {sha[:16]}… does not match the "
                                    f"recorded {expected[:16]}…")
@@ -526,7 +537,7 @@ class Fetcher:
             return
         if info.size != fetch.size or len(head) != first[1] - first[0]:
             raise ObjectChanged(f"{fetch.key}: size changed from {fetch.size} to {info.size}")
-        sha = expected_sha256(info.metadata)
+        sha = expected_sha256(info.metadata) or fetch.expected_sha
         if sha and self.blobs.has(sha):  # same content already here under another key
             self.blobs.bind(fetch.key, fetch.etag, sha)
             fetch.finish(sha)
@@ -537,11 +548,21 @@ class Fetcher:
         fetch.hold_tail = fetch.unit_crcs is None and can_check
         await self._after_part(fetch, *first)
         check = EtagCheck(info.etag, info.size) if self.etag_is_md5 else None
+        if check is not None and check.aligned_part and check.aligned_part <= 64 << 20:
+            fetch.align = check.aligned_part  # each part's MD5 is taken as it downloads
         builder = DigestBuilder()
-        await self._parallel(fetch, builder, check, lambda: fetch.next_range(),
+        await self._parallel(fetch, builder, None if fetch.align else check,
+                             lambda: fetch.next_range(),
                              lambda part: self._part_task(fetch, part, progress))
         digest, crcs = builder.finish()
-        etag_ok = check.matches() if check is not None and check.possible else None
+        etag_ok = None
+        if check is not None and check.possible:
+            if fetch.align:
+                etag_ok = await trio.to_thread.run_sync(
+                    check.matches_parts, fetch.size, fetch.range_md5,
+                    lambda lo, hi: os.pread(fetch.fd, hi - lo, lo), limiter=self.cpu)
+            else:
+                etag_ok = check.matches()
         self._check_content(fetch, info, digest, etag_ok, accept_sha)
         await self.blobs.commit(fetch.path, digest, fetch.size, crcs,
                                 bindings=[(fetch.key, fetch.etag)])
@@ -671,10 +692,16 @@ class Fetcher:
         fetch.verified_units.update(u for u, _, _ in todo)
 
     async def _part(self, fetch: Fetch, start: int, end: int) -> ObjectInfo:
-        """Download [start, end) into the fetch's file, resuming within the part on retry."""
+        """Download [start, end) into the fetch's file, resuming within the part on retry.
+
+        With ``fetch.align`` set, the part's MD5 is taken here, as the bytes stream by, so
+        the multipart ETag check costs no second pass and runs on several cores."""
         done = [start]
+        digest: list[bytes] = []
 
         def work() -> ObjectInfo:
+            md5 = hashlib.md5(usedforsecurity=False) if fetch.align and done[0] == start \
+                else None
             with self.store.open_read(fetch.key, done[0], end - done[0],
                                       etag=fetch.etag or None) as stream:
                 while done[0] < end:
@@ -683,12 +710,19 @@ class Fetcher:
                         raise StoreUnavailable(f"{fetch.key}: body ended at {done[0]} "
                                                f"of {end}")
                     _pwrite_all(fetch.fd, chunk, done[0])
+                    if md5 is not None:
+                        md5.update(chunk)
                     done[0] += len(chunk)
+                if md5 is not None:
+                    digest.append(md5.digest())
                 return stream.info
 
         while True:
             try:
-                return await self._retrying(f"GET {fetch.key} [{start}-{end})", work)
+                info = await self._retrying(f"GET {fetch.key} [{start}-{end})", work)
+                if digest:  # a part resumed after a failure has no MD5 of its own
+                    fetch.range_md5[(start, end)] = digest[0]
+                return info
             except OSError as e:
                 if e.errno != 28:
                     raise

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from . import attrs as attrs_mod
-from .blobs import BLOCK, BlobReader, BlobTier, digest_fd
+from .blobs import BLOCK, BlobReader, BlobTier, DigestBuilder, digest_fd
 from .errors import (
     CacheFSError,
     ChecksumMismatch,
@@ -37,7 +37,7 @@ from .errors import (
 from .fallback import OriginFallback
 from .fetch import SMALL, Fetch, Fetcher
 from .handles import ReadHandle, Staging, WriteHandle
-from .integrity import crc_unit, encode_crcs, file_crcs
+from .integrity import combine_units, crc_unit, encode_crcs, file_crcs
 from .manifest import ManifestWriter, manifest_key
 from .metadata import MetadataCache
 from .namespace import Namespace
@@ -48,6 +48,10 @@ from .stats import Stats
 from .writeback import Op, WriteBack
 
 log = logging.getLogger(__name__)
+
+
+#: files written in order past this size start uploading before they are closed (sync mode)
+STREAM_THRESHOLD = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +180,8 @@ class CacheFS:
                 digest = await self._fetch_whole(node)
                 handle.reader = self.blobs.open_reader(digest)
             else:
-                handle.fetch = self.fetcher.fetch(key, node.etag, node.size)
+                handle.fetch = self.fetcher.fetch(key, node.etag, node.size,
+                                                  self._known_sha(node))
             return handle
         if node.staging is not None:  # created here, first writer still has it open
             handle.staging = node.staging
@@ -202,10 +207,16 @@ class CacheFS:
         assert node.etag is not None
         key = self.ns.key(node)
         with trio.fail_after(self.opts.timeout * 4):
-            digest = await self.fetcher.fetch_whole(key, node.etag, node.size)
+            digest = await self.fetcher.fetch_whole(key, node.etag, node.size,
+                                                    self._known_sha(node))
         if self.ns.key(node) == key:
             node.digest = digest
         return digest
+
+    @staticmethod
+    def _known_sha(node: Node) -> str | None:
+        """The digest a directory manifest recorded for this version of the file."""
+        return node.digest if node.attrs_from == "manifest" else None
 
     async def _corrupt(self, digest: str) -> None:
         self.stats.error("corrupt_blob")
@@ -296,7 +307,8 @@ class CacheFS:
         if isinstance(node.pack, PackFile) and self.packs is not None:
             return self.packs.ensure(node.pack)
         if node.etag is not None and node.size <= max_size:
-            fetch = self.fetcher.fetch(self.ns.key(node), node.etag, node.size)
+            fetch = self.fetcher.fetch(self.ns.key(node), node.etag, node.size,
+                                       self._known_sha(node))
             return fetch.done.wait()
         return None
 
@@ -337,7 +349,8 @@ class CacheFS:
         if source is not None:
             self.blobs.touch(source)
         size = node.size if source is not None else 0
-        return Staging(path, fd, size, base_size=node.size)
+        return Staging(path, fd, size, base_size=node.size,
+                       hasher=None if source is not None else DigestBuilder())
 
     async def _truncate(self, node: Node, staging: Staging, size: int) -> None:
         async with staging.lock:
@@ -347,6 +360,11 @@ class CacheFS:
                                           limiter=self.limits.disk)
             staging.size = size
             staging.dirty = True
+            self._drop_stream(staging)
+            if size == 0:
+                staging.hasher, staging.hashed = DigestBuilder(), 0
+            elif size < staging.hashed:
+                staging.hasher = None
 
     async def _unseal(self, node: Node, staging: Staging, copy: bool = True) -> None:
         """A write after close/fsync: continue on a fresh copy, the sealed blob stays intact."""
@@ -354,6 +372,7 @@ class CacheFS:
         os.close(staging.fd)
         staging.path, staging.fd, staging.sealed = fresh.path, fresh.fd, False
         staging.size = fresh.size
+        staging.hasher, staging.hashed = fresh.hasher, 0
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handles[fh]
@@ -367,7 +386,7 @@ class CacheFS:
             if staging.sealed:
                 await self._unseal(node, staging)
             try:
-                written = await self._pwrite(staging, data, offset)
+                written = await self._pwrite(node, staging, data, offset)
             except OSError as e:
                 staging.broken = f"{node.path()}: {e.strerror}; the file is not saved"
                 staging.broken_errno = e.errno or errno.EIO
@@ -378,20 +397,54 @@ class CacheFS:
             staging.dirty = handle.dirty = True
         return written
 
-    async def _pwrite(self, staging: Staging, data: bytes, offset: int) -> int:
-        """Write to a staging file; on a full disk, evict from the blob tier and try again."""
+    async def _pwrite(self, node: Node, staging: Staging, data: bytes, offset: int) -> int:
+        """Write to a staging file (the caller holds its lock); on a full disk, evict from
+        the blob tier and try again."""
+        in_order = staging.hasher is not None and offset == staging.hashed
+        if not in_order and offset < staging.hashed + len(data):
+            staging.hasher = None  # overwrites hashed bytes: digest the file at close
+        hasher = staging.hasher if in_order else None
+
+        def write() -> int:
+            written = os.pwrite(staging.fd, data, offset)
+            if hasher is not None:
+                hasher.update(memoryview(data)[:written])
+            return written
+
         try:
-            return await trio.to_thread.run_sync(os.pwrite, staging.fd, data, offset,
-                                                 limiter=self.limits.disk)
+            written = await trio.to_thread.run_sync(write, limiter=self.limits.disk)
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
+            staging.hasher = None
             try:
                 await self.blobs.make_room(max(len(data), 16 << 20))
             except NoSpace:
                 raise e from None
             return await trio.to_thread.run_sync(os.pwrite, staging.fd, data, offset,
                                                  limiter=self.limits.disk)
+        if hasher is not None:
+            staging.hashed += written
+            self._stream(node, staging)
+        elif staging.stream is not None:
+            self._drop_stream(staging)
+        return written
+
+    def _stream(self, node: Node, staging: Staging) -> None:
+        """Sync mode, written in order: send whole parts before close() asks for them."""
+        if staging.stream is None:
+            if not self.opts.sync_writes or staging.hashed < STREAM_THRESHOLD:
+                return
+            staging.stream = self.wb.start_stream(self.ns.key(node),
+                                                  attrs_mod.object_metadata(node), staging.fd)
+            if staging.stream is None:
+                return
+        staging.stream.feed(staging.hashed)
+
+    def _drop_stream(self, staging: Staging) -> None:
+        stream, staging.stream = staging.stream, None
+        if stream is not None:
+            self.wb.abort_stream(stream)
 
     async def flush(self, fh: int) -> None:
         """close(2): in sync mode, returns once the content is in the store."""
@@ -420,6 +473,7 @@ class CacheFS:
                 finally:
                     staging.writers -= 1
                     if staging.writers <= 0:
+                        self._drop_stream(staging)
                         staging.close()
                         if node.staging is staging:
                             node.staging = None
@@ -454,9 +508,21 @@ class CacheFS:
                     raise CacheFSError(staging.error)
                 return
             staging.dirty = False
-            digest, size, crcs = await trio.to_thread.run_sync(
-                digest_fd, staging.fd, None, limiter=self.limits.cpu)
-            await self.blobs.commit(staging.path, digest, size, crcs, durable=True)
+            stream = None
+            if staging.hasher is not None and staging.hashed == staging.size:
+                size = staging.size
+                digest, crcs = staging.hasher.finish()  # written in order: already hashed
+                if staging.stream is not None and staging.stream.key == self.ns.key(node):
+                    stream, staging.stream = staging.stream, None
+            else:
+                digest, size, crcs = await trio.to_thread.run_sync(
+                    digest_fd, staging.fd, None, limiter=self.limits.cpu)
+            self._drop_stream(staging)
+            staging.hasher = None
+            # In sync mode the upload makes it durable before close() returns; only a
+            # journaled (async) close needs it on local disk first.
+            await self.blobs.commit(staging.path, digest, size, crcs,
+                                    durable=not self.opts.sync_writes)
             staging.sealed = True
             staging.path = self.blobs.path(digest)
             node.digest, node.size, node.etag = digest, size, None
@@ -464,7 +530,7 @@ class CacheFS:
             meta = attrs_mod.object_metadata(node, digest)
             meta["cachefs-crc"] = await self._crc_meta(digest, size)
             op = await self.wb.submit("put", self.ns.key(node), digest=digest, size=size,
-                                      meta=meta)
+                                      meta=meta, stream=stream)
             node.pending += 1
             self._op_nodes[op.seq] = node
         # The upload waits outside the lock: the sealed blob no longer changes.
@@ -480,12 +546,13 @@ class CacheFS:
     async def _crc_meta(self, digest: str, size: int) -> str:
         unit = crc_unit(size)
         entry = self.blobs.entry(digest)
-        if unit == BLOCK and entry is not None:
+        if entry is None:
+            crcs = await trio.to_thread.run_sync(file_crcs, self.blobs.path(digest), unit,
+                                                 limiter=self.limits.cpu)
+            return encode_crcs(unit, crcs)
+        if unit == BLOCK:
             return encode_crcs(unit, entry.crcs)
-
-        crcs = await trio.to_thread.run_sync(file_crcs, self.blobs.path(digest), unit,
-                                             limiter=self.limits.cpu)
-        return encode_crcs(unit, crcs)
+        return encode_crcs(unit, combine_units(entry.crcs, BLOCK, size, unit))
 
     async def _submit_and_wait(self, node: Node | None, kind: str, key: str, *,
                                wait: bool | None = None, keep: bool = False,

@@ -32,7 +32,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR,
           errno.ENOTDIR}
 #: block size reported to programs: cp and tar size their buffers by it
-BLKSIZE = 128 << 10
+BLKSIZE = 1 << 20
 
 
 class _RateLimitedLog:

@@ -12,10 +12,11 @@ import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from .blobs import BlobReader
+from .blobs import BlobReader, DigestBuilder
 from .errors import ChecksumMismatch
 from .fetch import Fetch
 from .nodes import Node
@@ -39,6 +40,12 @@ class Staging:
     broken_errno: int = 0
     #: size of the content the staging file started from, restored if it breaks
     base_size: int = 0
+    #: digest of [0, hashed) kept up to date while writes come in order (cp, tar x): then
+    #: closing needs no second pass over the file. None once a write lands out of order.
+    hasher: DigestBuilder | None = None
+    hashed: int = 0
+    #: parts sent while the file is written in order (sync mode), a streamup.StreamUpload
+    stream: Any = None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

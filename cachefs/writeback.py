@@ -25,17 +25,18 @@ from typing import Any
 import trio
 
 from . import zobject
-from .blobs import BlobTier
+from .blobs import BlobTier, digest_path
 from .errors import CacheFSError, NotFound, unwrap_group
 from .stats import Stats
 from .store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
+from .streamup import StreamUpload
 
 log = logging.getLogger(__name__)
 
 #: objects larger than this are uploaded in parts, several at once
 MULTIPART_THRESHOLD = 8 << 20
 PART_SIZE = 8 << 20
-PARTS_IN_FLIGHT = 4
+PARTS_IN_FLIGHT = 8
 #: smaller files are stored plain even with --compress: the index would outweigh the gain
 COMPRESS_MIN = 4096
 #: background retries back off up to this many seconds
@@ -63,6 +64,10 @@ class Op:
     last_error: str = ""
     not_before: float = 0.0
     info: ObjectInfo | None = None
+    #: loaded from the journal at start: its blob is checked before it is uploaded
+    replayed: bool = False
+    #: parts already sent while the file was written (streamup.StreamUpload), not journaled
+    stream: Any = None
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     progress: trio.Event = dataclasses.field(default_factory=trio.Event)
 
@@ -79,6 +84,10 @@ class Op:
         return {"op": self.kind, "key": self.key, "src": self.src, "size": self.size,
                 "attempts": self.attempts, "error": self.last_error,
                 "age": round(time.time() - self.created, 1)}
+
+
+class CorruptUpload(CacheFSError):
+    """The content to upload no longer matches its digest: it is dropped, never stored."""
 
 
 class Journal:
@@ -148,6 +157,7 @@ class WriteBack:
         #: called on the trio thread when an operation is in the store
         self.on_complete: Callable[[Op], None] = lambda op: None
         self._journal_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -157,7 +167,8 @@ class WriteBack:
         for rec in self.journal.load():
             op = Op(seq=rec["seq"], kind=rec["kind"], key=rec["key"], src=rec.get("src"),
                     digest=rec.get("digest"), size=rec.get("size", 0),
-                    meta=dict(rec.get("meta") or {}), created=rec.get("created", time.time()))
+                    meta=dict(rec.get("meta") or {}), created=rec.get("created", time.time()),
+                    replayed=True)
             if op.digest and not self.blobs.has(op.digest):
                 log.error("journal: content of %s (%s) is missing from the blob tier; this "
                           "upload cannot be finished", op.key, op.digest[:16])
@@ -172,12 +183,25 @@ class WriteBack:
 
     # -- submitting ----------------------------------------------------------------------------
 
+    def start_stream(self, key: str, meta: dict[str, str], fd: int) -> StreamUpload | None:
+        """A multipart upload to feed while a file is written (None before ``run``)."""
+        if self._nursery is None:
+            return None
+        return StreamUpload(self.store, key, meta, fd, part_size=PART_SIZE,
+                            in_flight=PARTS_IN_FLIGHT, s3=self.s3, disk=self.disk,
+                            nursery=self._nursery, stats=self.stats)
+
+    def abort_stream(self, stream: StreamUpload) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(stream.abort)
+
     async def submit(self, kind: str, key: str, *, src: str | None = None,
                      digest: str | None = None, size: int = 0,
-                     meta: dict[str, str] | None = None) -> Op:
+                     meta: dict[str, str] | None = None, stream: Any = None) -> Op:
         """Journal an operation (durably) and queue it. Returns at once."""
         self._seq += 1
-        op = Op(self._seq, kind, key, src=src, digest=digest, size=size, meta=dict(meta or {}))
+        op = Op(self._seq, kind, key, src=src, digest=digest, size=size, meta=dict(meta or {}),
+                stream=stream)
         if kind in ("put", "delete"):
             self._supersede(key)
         async with self._journal_lock:
@@ -244,6 +268,7 @@ class WriteBack:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         slots = trio.Semaphore(self.workers)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
             while True:
                 op = self._next_ready()
@@ -276,6 +301,11 @@ class WriteBack:
         try:
             op.attempts += 1
             await self._apply(op)
+        except CorruptUpload as e:
+            log.error("%s", e)
+            self.stats.error("upload_CorruptUpload")
+            op.superseded = True
+            self._finish(op)
         except CacheFSError as e:
             op.last_error = str(e)
             self.stats.error("upload_" + type(e).__name__)
@@ -311,6 +341,9 @@ class WriteBack:
                     del self.by_key[key]
         if op.digest:
             self.blobs.unpin(op.digest)
+        if op.stream is not None and op.superseded:
+            self.abort_stream(op.stream)
+        op.stream = None
         self.journal.append({"done": op.seq}, durable=False)
         op.done.set()
         op.progress.set()
@@ -342,7 +375,21 @@ class WriteBack:
             body = meta.pop("cachefs-body", "").encode()
             return await trio.to_thread.run_sync(self.store.put, op.key, body, meta,
                                                  limiter=self.s3)
+        if op.stream is not None:
+            stream, op.stream = op.stream, None
+            try:
+                info = await stream.complete(op.size)
+                return ObjectInfo(op.key, op.size, info.etag, time.time(), stream.meta)
+            except CacheFSError as e:
+                log.info("%s: uploading it whole (%s)", op.key, e)
         path, size, meta = self.blobs.path(op.digest), op.size, dict(op.meta)
+        if op.replayed:
+            # A blob written before a crash may be torn: never upload what does not match.
+            actual, _, _ = await trio.to_thread.run_sync(digest_path, path, limiter=self.cpu)
+            if actual != op.digest:
+                raise CorruptUpload(f"{op.key}: its content was damaged on local disk before "
+                                    "it could be uploaded (the file is lost)")
+            op.replayed = False
         temp = None
         if self.compress_level is not None and op.size >= COMPRESS_MIN:
             temp = self.blobs.new_temp_path("z")
