@@ -394,6 +394,9 @@ def setup_logging(level: str, stream: Any = None) -> None:
 def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
     """Mount and serve until unmounted. Returns the process exit code."""
     path = Path(mountpoint).absolute()
+    # Worker threads (HTTP, hashing) hold the GIL in bursts; the default 5 ms switch interval
+    # then delays the FUSE loop's replies by milliseconds. A shorter one keeps it responsive.
+    sys.setswitchinterval(float(os.environ.get("CACHEFS_SWITCH_INTERVAL", "0.0005")))
     try:
         check_mountpoint(path)
         store, prefix = open_store(config)

@@ -245,7 +245,7 @@ class Namespace:
             if stored is not None:
                 listed_at, manifest_etag, rows = stored
                 directory.children = {}
-                for name, attrs in rows:
+                for name, attrs in sorted(rows, key=lambda row: row[0]):
                     directory.children[name] = self.table.new(attrs.pop("kind"), name, directory,
                                                               **attrs)
                 directory.listed_at = listed_at
@@ -320,7 +320,9 @@ class Namespace:
                 del children[name]
                 self.table.detach(node)
                 self.notifier.entry_removed(directory.ino, name, node.ino)
-        for name, obj in found.items():
+        # New nodes get inode numbers in name order: `cp -r` reads a directory sorted by
+        # inode number, and the prefetcher expects it to go in name order.
+        for name, obj in sorted(found.items()):
             if self.pending_kind(prefix + name) == "delete":
                 continue  # deleted here; the store does not know yet
             self._merge_one(directory, children, name, obj)

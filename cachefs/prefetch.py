@@ -35,7 +35,7 @@ class Window:
     #: larger files are left to the reader (they are fetched in parallel parts anyway)
     max_file: int = 16 << 20
     #: store fetches started by the prefetcher at once
-    parallel: int = 24
+    parallel: int = 16
 
 
 class Prefetcher:
