@@ -543,6 +543,13 @@ def cmd_key(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    print(script(args.shell, build_parser()), end="")
+    return OK
+
+
 # -- the parser -----------------------------------------------------------------------------
 
 MOUNT_FIELDS = [f.name for f in FIELDS]
@@ -730,6 +737,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file or directory to hash (repeatable, in order)")
     p.add_argument("--hash-length", type=int, default=16, metavar="N",
                    help="hex digits of the hash to use (default 16)")
+
+    p = command("completion", cmd_completion, "print a shell completion script", """
+        examples:
+          source <(cachefs completion bash)                  # in ~/.bashrc
+          cachefs completion zsh > "${fpath[1]}/_cachefs"
+          cachefs completion fish > ~/.config/fish/completions/cachefs.fish
+
+        Generated from the commands and flags of this version of cachefs.""")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"])
     return parser
 
 

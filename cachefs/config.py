@@ -129,7 +129,7 @@ FIELDS: tuple[Field, ...] = (
     Field("allow_other", parse_bool, lambda: False,
           "let other users use the mount; permissions are then checked by the kernel"),
     Field("origin", parse_list, list,
-          "PATH=URL: names under PATH that the store lacks are fetched from URL (repeatable)"),
+          "PATH=URL: names under PATH that the store lacks are fetched from URL"),
     Field("origin_fetch", parse_choice("auto", "curate"), lambda: "auto",
           "auto: fetch origin misses when read; curate: only after `cachefs fetch` approves"),
     Field("compress", str, lambda: "",
@@ -137,7 +137,7 @@ FIELDS: tuple[Field, ...] = (
     Field("subtree", str, lambda: None,
           "mount only this key (a pack or a prefix) at the mount point"),
     Field("restore_key", parse_list, list,
-          "with --subtree: key prefixes to fall back to, newest match wins (repeatable)"),
+          "with --subtree: key prefixes to fall back to, newest match wins"),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
@@ -221,7 +221,11 @@ def load(
         except ConfigError as e:
             raise ConfigError(f"{field.name} ({source}): {e}") from None
         sources[field.name] = source
-    values["cache_dir"] = str(Path(values["cache_dir"]).expanduser())
+    # Paths are made absolute here: the daemon runs from / and must find the same files.
+    values["cache_dir"] = str(Path(values["cache_dir"]).expanduser().absolute())
+    for name in ("key_file", "secret_file"):
+        if values[name]:
+            values[name] = str(Path(values[name]).expanduser().absolute())
     return Config(**values, sources=sources)
 
 

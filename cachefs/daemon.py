@@ -43,12 +43,12 @@ from .fs import CacheFS, Limiters, Options
 from .fuse_ops import FuseOps, KernelNotifier
 from .manifest import ManifestWriter
 from .metadata import MetadataCache
+from .metrics import Stats
 from .namespace import Namespace
 from .nodes import InodeTable
 from .origin import OriginClient
 from .packs import Packs
 from .prefetch import Prefetcher, warm
-from .stats import Stats
 from .store import Store, open_store
 from .store.local import LocalStore
 from .writeback import WriteBack

@@ -18,10 +18,10 @@ from typing import Any
 
 from .errors import InvalidArgument, NotFound
 from .metadata import MetadataCache
+from .metrics import Stats
 from .namespace import Namespace
 from .nodes import InodeTable, Kind, Node
 from .origin import OriginClient, OriginInfo, url_for, validate_url
-from .stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from .errors import (
     unwrap_group,
 )
 from .integrity import EtagCheck, decode_crcs, expected_sha256
+from .metrics import Progress, Stats
 from .origin import OriginClient, OriginInfo
-from .stats import Progress, Stats
 from .store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)

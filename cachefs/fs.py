@@ -40,11 +40,11 @@ from .handles import ReadHandle, Staging, WriteHandle
 from .integrity import combine_units, crc_unit, encode_crcs, file_crcs
 from .manifest import ManifestWriter, manifest_key
 from .metadata import MetadataCache
+from .metrics import Stats
 from .namespace import Namespace
 from .nodes import InodeTable, Kind, Node, now_ns
 from .origin import OriginInfo
 from .packs import PackFile, PackFileReader, PackRef, Packs
-from .stats import Stats
 from .writeback import Op, WriteBack
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ import trio
 from . import codec
 from .blobs import BlobReader, BlobTier, DigestBuilder
 from .errors import ChecksumMismatch, InvalidArgument, StoreUnavailable
+from .metrics import Stats
 from .nodes import InodeTable, Kind, Node
 from .pack import TRAILER, Entry, Toc, decode_toc, decode_trailer
-from .stats import Stats
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from pathlib import Path
 import trio
 
 from .errors import CacheFSError
+from .metrics import Stats
 from .namespace import Namespace
 from .nodes import Kind, Node
-from .stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import trio
 
 from .errors import CacheFSError, unwrap_group
-from .stats import Stats
+from .metrics import Stats
 from .store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)

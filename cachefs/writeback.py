@@ -27,7 +27,7 @@ import trio
 from . import zobject
 from .blobs import BlobTier, digest_path
 from .errors import CacheFSError, NotFound, unwrap_group
-from .stats import Stats
+from .metrics import Stats
 from .store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
 from .streamup import StreamUpload
 
