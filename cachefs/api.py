@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import FIELD_BY_NAME, parse_bool, parse_list
+from .config import flag_argv
 from .errors import CacheFSError
 
 StrPath = str | os.PathLike[str]
@@ -79,23 +79,7 @@ class Mount:
 
 def settings_argv(settings: Mapping[str, Any]) -> list[str]:
     """The command-line flags for settings given as Python values (None means not given)."""
-    argv: list[str] = []
-    for name, value in settings.items():
-        field = FIELD_BY_NAME.get(name)
-        if field is None:
-            raise TypeError(f"unknown cachefs setting {name!r}")
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if field.parse is parse_bool:
-            argv += [flag] if parse_bool(value) else []
-        elif field.parse is parse_list:
-            items = [value] if isinstance(value, str | os.PathLike) else list(value)
-            for item in items:
-                argv += [flag, os.fspath(item) if isinstance(item, os.PathLike) else str(item)]
-        else:
-            argv += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
-    return argv
+    return flag_argv(settings)
 
 
 def mount(store: str | None, path: StrPath, *, config: StrPath | None = None,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import FIELDS, Config, load
+from .config import FIELDS, Config, flag_argv, load
 from .errors import CacheFSError, ConfigError
 
 OK, MISS, FAIL = 0, 1, 2
@@ -54,6 +54,8 @@ def _config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
         if field.parse.__name__ == "parse_bool":
             parser.add_argument(flag, action="store_const", const=True, default=None,
                                 help=field.help)
+            parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const",
+                                const=False, help=argparse.SUPPRESS)
         elif field.parse.__name__ == "parse_list":
             parser.add_argument(flag, action="append", default=None, metavar="VALUE",
                                 help=field.help + " (repeatable)")
@@ -94,20 +96,9 @@ def _human(n: float) -> str:
 
 
 def _daemon_argv(config: Config, mountpoint: str) -> list[str]:
-    argv = [sys.executable, "-m", "cachefs", "mount", "--foreground"]
-    for field in FIELDS:
-        value = getattr(config, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if value is None or value == [] or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
-    return [*argv, mountpoint]
+    settings = {field.name: getattr(config, field.name) for field in FIELDS}
+    return [sys.executable, "-m", "cachefs", "mount", "--foreground", *flag_argv(settings),
+            mountpoint]
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

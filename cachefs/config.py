@@ -122,6 +122,8 @@ FIELDS: tuple[Field, ...] = (
     Field("timeout", parse_seconds, lambda: 30.0,
           "seconds a request may wait on the store or origin before failing with EIO"),
     Field("connections", parse_int, lambda: 16, "parallel connections to the store"),
+    Field("etag_check", parse_bool, lambda: True,
+          "check downloads against MD5 ETags (off only for stores whose ETags are not MD5s)"),
     Field("log_level", parse_choice("debug", "info", "warning", "error"), lambda: "info",
           "log verbosity"),
     Field("key_file", str, lambda: None, "file holding the S3 access key id"),
@@ -143,6 +145,30 @@ FIELDS: tuple[Field, ...] = (
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
 
+def flag_argv(settings: Mapping[str, Any]) -> list[str]:
+    """The `cachefs mount` flags that give these settings (None: not given); booleans become
+    ``--flag`` or ``--no-flag``, lists repeat their flag."""
+    argv: list[str] = []
+    for name, value in settings.items():
+        field = FIELD_BY_NAME.get(name)
+        if field is None:
+            raise TypeError(f"unknown cachefs setting {name!r}")
+        if value is None:
+            continue
+        flag = name.replace("_", "-")
+        if field.parse is parse_bool:
+            argv.append(f"--{flag}" if parse_bool(value) else f"--no-{flag}")
+        elif field.parse is parse_list:
+            items = [value] if isinstance(value, str | os.PathLike) else list(value)
+            for item in items:
+                argv += [f"--{flag}", os.fspath(item) if isinstance(item, os.PathLike)
+                         else str(item)]
+        else:
+            argv += [f"--{flag}", os.fspath(value) if isinstance(value, os.PathLike)
+                     else str(value)]
+    return argv
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     store: str
@@ -155,6 +181,7 @@ class Config:
     writeback: str
     timeout: float
     connections: int
+    etag_check: bool
     log_level: str
     key_file: str | None
     secret_file: str | None

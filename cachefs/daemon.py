@@ -169,11 +169,12 @@ class Daemon:
         self.notifier = KernelNotifier()
         self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
                             ttl=config.metadata_ttl, notifier=self.notifier,
-                            pending_kind=self.writeback.pending_kind)
+                            pending_kind=self.writeback.pending_kind,
+                            pending_put=self.writeback.pending_put)
         self.origin_client = OriginClient(config.timeout)
         self.fetcher = Fetcher(store, self.blobs, s3=self.limiters.s3, disk=self.limiters.disk,
                                cpu=self.limiters.cpu, stats=self.stats,
-                               origin=self.origin_client)
+                               origin=self.origin_client, etag_check=config.etag_check)
         self.origins = OriginFallback(self.origin_client, self.ns, self.table, self.metadata,
                                       self.stats, mount_origins=parse_origin_options(config.origin),
                                       default_mode=config.origin_fetch, ttl=config.metadata_ttl)

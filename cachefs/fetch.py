@@ -58,6 +58,8 @@ MAX_PART = 8 << 20
 PARALLEL = 8
 #: Attempts for one part or small object before the fetch fails; backoff doubles from 0.2 s.
 ATTEMPTS = 5
+#: Downloads of one object whose content fails its digest before the read fails with EIO.
+CHECK_ATTEMPTS = 3
 #: Chunk size when streaming a body to disk: memory per part in flight.
 CHUNK = 1 << 20
 
@@ -104,6 +106,11 @@ class RangeSet:
         return sum(e - s for s, e in zip(self.starts, self.ends, strict=True))
 
 
+class ReadTheBlob(Exception):
+    """The fetch ended without writing its file (the content was already in the blob tier):
+    the reader must read the blob instead."""
+
+
 class EtagMismatch(ChecksumMismatch):
     """The content does not match the ETag (which some stores do not compute as an MD5)."""
 
@@ -135,6 +142,8 @@ class Fetch:
         self.align = 0
         self.range_md5: dict[tuple[int, int], bytes] = {}
         self.expected_sha: str | None = None
+        #: finished without downloading: the blob tier already had this content
+        self.via_blob = False
         self.verified_units: set[int] = set()
         self.hold_tail = True
         self._changed = trio.Event()
@@ -223,6 +232,8 @@ class Fetch:
         self._active_reads += 1
         try:
             await self.wait_range(offset, end, timeout)
+            if self.via_blob:
+                raise ReadTheBlob()
             return await trio.to_thread.run_sync(os.pread, self.fd, end - offset, offset,
                                                  limiter=disk)
         finally:
@@ -249,7 +260,8 @@ class Fetcher:
 
     def __init__(self, store: Store, blobs: BlobTier, *, s3: trio.CapacityLimiter,
                  disk: trio.CapacityLimiter, cpu: trio.CapacityLimiter, stats: Stats,
-                 parallel: int = PARALLEL, origin: OriginClient | None = None) -> None:
+                 parallel: int = PARALLEL, origin: OriginClient | None = None,
+                 etag_check: bool = True) -> None:
         self.store = store
         self.blobs = blobs
         self.s3 = s3
@@ -258,13 +270,16 @@ class Fetcher:
         self.stats = stats
         self.parallel = parallel
         self.active: dict[tuple[str, str], Fetch] = {}
-        self.etag_is_md5 = True
+        #: whether ETags are MD5s of the content (--etag-check; SSE-KMS/-C objects never are)
+        self.etag_is_md5 = etag_check
         self.origin = origin
         self._nursery: trio.Nursery | None = None
         #: called once an origin fetch is complete and in the blob tier (uploads it)
         self.after_origin: Callable[[Fetch, OriginInfo], Awaitable[None]] = _nothing
         #: called with the object's info once its first response arrives (attrs from headers)
         self.on_info: Callable[[ObjectInfo], None] = lambda info: None
+        #: called with the key when a fetch fails (readers may have seen unchecked bytes)
+        self.on_failed: Callable[[str], None] = lambda key: None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -315,23 +330,22 @@ class Fetcher:
 
     async def _job(self, fetch: Fetch) -> None:
         progress = self.stats.begin("fetch", fetch.key, fetch.size)
-        accept_sha: str | None = None
         try:
-            for attempt in range(2):
+            for attempt in range(CHECK_ATTEMPTS):
                 try:
                     if fetch.size <= SMALL:
-                        await self._small(fetch, progress, accept_sha)
+                        await self._small(fetch, progress)
                     else:
-                        await self._large(fetch, progress, accept_sha)
+                        await self._large(fetch, progress)
                     break
-                except EtagMismatch as e:
-                    if attempt == 1:
-                        raise
-                    log.warning("%s: content does not match its ETag %s, fetching it again",
-                                fetch.key, fetch.etag)
-                    accept_sha = e.sha256
                 except ChecksumMismatch as e:
-                    if attempt == 1:
+                    self.stats.error("checksum_mismatch")
+                    if attempt == CHECK_ATTEMPTS - 1:
+                        if isinstance(e, EtagMismatch):
+                            raise ChecksumMismatch(
+                                f"{e}: downloaded {CHECK_ATTEMPTS} times, never matching. If "
+                                "this store's ETags are not MD5 digests, mount with "
+                                "--no-etag-check") from None
                         raise
                     log.warning("%s: %s; fetching it again", fetch.key, e)
                 self._reset(fetch)
@@ -353,6 +367,8 @@ class Fetcher:
             self.stats.end(progress)
             if not fetch.done.is_set():  # cancelled at shutdown
                 fetch.fail(CacheFSError("fetch cancelled"))
+            if fetch.error is not None:
+                self.on_failed(fetch.key)
 
     async def _origin_job(self, fetch: Fetch, info: OriginInfo, expected: str | None) -> None:
         progress = self.stats.begin("origin", fetch.key, fetch.size)
@@ -404,6 +420,8 @@ class Fetcher:
             self.stats.end(progress)
             if not fetch.done.is_set():
                 fetch.fail(CacheFSError("fetch cancelled"))
+            if fetch.error is not None:
+                self.on_failed(fetch.key)
 
     def _reset(self, fetch: Fetch) -> None:
         fetch.received = RangeSet()
@@ -426,24 +444,21 @@ class Fetcher:
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
 
-    def _check_content(self, fetch: Fetch, info: ObjectInfo, sha: str, etag_ok: bool | None,
-                       accept_sha: str | None) -> None:
+    def _check_content(self, fetch: Fetch, info: ObjectInfo, sha: str,
+                       etag_ok: bool | None) -> None:
         expected = expected_sha256(info.metadata) or fetch.expected_sha
         if expected and expected != sha:
             raise ChecksumMismatch(f"{fetch.key}: SHA-256 {sha[:16]}… does not match the "
                                    f"recorded {expected[:16]}…")
         if etag_ok is False and not expected:
-            if accept_sha == sha:
-                if self.etag_is_md5:
-                    log.warning("the store's ETags are not MD5 digests of the content (two "
-                                "downloads of %s agree with each other, not with its ETag): "
-                                "ETag checks are off for this mount", fetch.key)
-                self.etag_is_md5 = False
-                return
             raise EtagMismatch(f"{fetch.key}: content does not match ETag {fetch.etag}", sha)
 
-    async def _small(self, fetch: Fetch, progress: Progress, accept_sha: str | None) -> None:
-        check_etag = self.etag_is_md5
+    def _checks_etag(self, info: ObjectInfo) -> bool:
+        """ETags are MD5s of the content except for objects encrypted with SSE-KMS or SSE-C
+        (and on stores configured otherwise: --etag-check off)."""
+        return self.etag_is_md5 and not info.encrypted
+
+    async def _small(self, fetch: Fetch, progress: Progress) -> None:
 
         def work() -> tuple[ObjectInfo, str, int, array, bool | None]:
             with self.store.open_read(fetch.key, etag=fetch.etag or None) as stream:
@@ -461,7 +476,7 @@ class Fetcher:
             builder.update(data)
             sha, crcs = builder.finish()
             etag_ok = None
-            if check_etag:
+            if self._checks_etag(info):
                 etag_check = EtagCheck(info.etag, info.size)
                 if etag_check.possible:
                     etag_check.update(data)
@@ -474,7 +489,7 @@ class Fetcher:
         info, sha, size, crcs, etag_ok = await self._retrying(f"GET {fetch.key}", work)
         fetch.info = info
         self.on_info(info)
-        self._check_content(fetch, info, sha, etag_ok, accept_sha)
+        self._check_content(fetch, info, sha, etag_ok)
         fetch.size = size
         self.blobs.register(sha, size, crcs)
         self.blobs.bind(fetch.key, fetch.etag, sha)
@@ -517,7 +532,7 @@ class Fetcher:
             os.close(fd)
         os.replace(temp, dest)
 
-    async def _large(self, fetch: Fetch, progress: Progress, accept_sha: str | None) -> None:
+    async def _large(self, fetch: Fetch, progress: Progress) -> None:
         if fetch.path is None:
             fetch.path = self.blobs.new_temp_path("fetch")
             fetch.fd = os.open(fetch.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -540,14 +555,16 @@ class Fetcher:
         sha = expected_sha256(info.metadata) or fetch.expected_sha
         if sha and self.blobs.has(sha):  # same content already here under another key
             self.blobs.bind(fetch.key, fetch.etag, sha)
+            fetch.via_blob = True
             fetch.finish(sha)
             return
         await trio.to_thread.run_sync(_pwrite_all, fetch.fd, head, first[0], limiter=self.disk)
         fetch.unit_crcs = decode_crcs(info.metadata.get("cachefs-crc"))
-        can_check = bool(sha) or (self.etag_is_md5 and EtagCheck(info.etag, info.size).possible)
+        can_check = bool(sha) or (self._checks_etag(info) and
+                                  EtagCheck(info.etag, info.size).possible)
         fetch.hold_tail = fetch.unit_crcs is None and can_check
         await self._after_part(fetch, *first)
-        check = EtagCheck(info.etag, info.size) if self.etag_is_md5 else None
+        check = EtagCheck(info.etag, info.size) if self._checks_etag(info) else None
         if check is not None and check.aligned_part and check.aligned_part <= 64 << 20:
             fetch.align = check.aligned_part  # each part's MD5 is taken as it downloads
         builder = DigestBuilder()
@@ -563,7 +580,7 @@ class Fetcher:
                     lambda lo, hi: os.pread(fetch.fd, hi - lo, lo), limiter=self.cpu)
             else:
                 etag_ok = check.matches()
-        self._check_content(fetch, info, digest, etag_ok, accept_sha)
+        self._check_content(fetch, info, digest, etag_ok)
         await self.blobs.commit(fetch.path, digest, fetch.size, crcs,
                                 bindings=[(fetch.key, fetch.etag)])
         fetch.finish(digest)
@@ -658,7 +675,7 @@ class Fetcher:
         builder = DigestBuilder()
         await self._parallel(fetch, builder, None, pick, frame_task)
         digest, crcs = builder.finish()
-        self._check_content(fetch, info, digest, None, None)
+        self._check_content(fetch, info, digest, None)
         await self.blobs.commit(fetch.path, digest, fetch.size, crcs,
                                 bindings=[(fetch.key, fetch.etag)])
         fetch.finish(digest)

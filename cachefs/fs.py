@@ -97,6 +97,7 @@ class CacheFS:
         writeback.on_complete = self._op_done
         fetcher.on_info = self._object_info
         fetcher.after_origin = self._origin_done
+        fetcher.on_failed = self._fetch_failed
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -141,7 +142,9 @@ class CacheFS:
             keep = False
         else:
             handle = await self._open_read(node)
-            keep = handle.staging is None
+            # The kernel may keep its page cache only for verified content: bytes read from a
+            # fetch still in progress could yet fail their check.
+            keep = handle.reader is not None
             self.on_read_open(node)
         return self._add_handle(handle), keep
 
@@ -221,6 +224,12 @@ class CacheFS:
     async def _corrupt(self, digest: str) -> None:
         self.stats.error("corrupt_blob")
         await self.blobs.discard(digest, "a block failed its checksum when read back")
+
+    def _fetch_failed(self, key: str) -> None:
+        """Whatever a reader saw of a failed fetch must leave the kernel's page cache."""
+        node = self.ns.find_key(key)
+        if node is not None:
+            self.ns.notifier.inode_changed(node.ino)
 
     def _object_info(self, info: Any) -> None:
         """Attributes from a GET's headers (cachefs's or s3fs-fuse's metadata)."""

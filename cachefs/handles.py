@@ -18,7 +18,7 @@ import trio
 
 from .blobs import BlobReader, DigestBuilder
 from .errors import ChecksumMismatch
-from .fetch import Fetch
+from .fetch import Fetch, ReadTheBlob
 from .nodes import Node
 
 
@@ -105,7 +105,10 @@ class ReadHandle:
                     raise self.fetch.error or ChecksumMismatch(f"{self.fetch.key}: fetch failed")
                 if not self.fetch.closed:
                     assert self.disk is not None
-                    return await self.fetch.read(offset, size, self.timeout, self.disk)
+                    try:
+                        return await self.fetch.read(offset, size, self.timeout, self.disk)
+                    except ReadTheBlob:
+                        continue  # the fetch has its digest now: the blob is read instead
                 continue
             if self.staging is not None:
                 assert self.disk is not None

@@ -54,6 +54,7 @@ class Namespace:
     def __init__(self, store: Store, prefix: str, table: InodeTable, metadata: MetadataCache, *,
                  s3: trio.CapacityLimiter, ttl: float, notifier: Notifier,
                  pending_kind: Callable[[str], str | None],
+                 pending_put: Callable[[str], Any] = lambda key: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.prefix = prefix
@@ -63,6 +64,8 @@ class Namespace:
         self.ttl = ttl
         self.notifier = notifier
         self.pending_kind = pending_kind
+        #: the journaled write of a key, if any (its digest and size are what the mount shows)
+        self.pending_put = pending_put
         self.clock = clock
         self.root = table.root
         self.offline = False
@@ -250,6 +253,8 @@ class Namespace:
                                                               **attrs)
                 directory.listed_at = listed_at
                 directory.manifest_etag = manifest_etag
+                if self._drop_stale_local(directory):
+                    directory.listed_at = 0.0  # list again: the store may have them by now
                 if self.fresh(directory):
                     return
         prefix = self.dir_prefix(directory)
@@ -367,12 +372,40 @@ class Namespace:
             children[name] = self.table.new(Kind.FILE, name, directory, size=obj.size,
                                             etag=obj.etag, mtime_ns=mtime, ctime_ns=mtime)
 
+    def _drop_stale_local(self, directory: Node) -> bool:
+        """After a restart: files remembered as written here but neither in the store nor in
+        the journal were never closed (or their write finished and the listing is older).
+        Returns whether any was dropped."""
+        assert directory.children is not None
+        stale = [name for name, node in directory.children.items()
+                 if node.kind is not Kind.DIR and node.etag is None and
+                 not self._keep_local(node)]
+        for name in stale:
+            self.table.detach(directory.children.pop(name))
+        return bool(stale)
+
     def _keep_local(self, node: Node) -> bool:
-        if node.has_local_state or (node.origin_url is not None and node.etag is None):
+        """Whether ``node`` holds changes the store does not have yet, so a listing must not
+        replace it. A file with no store version counts only while a write of it is open or
+        journaled: one remembered from before a crash, half-written, must not hide the store."""
+        if node.staging is not None or node.pending > 0:
             return True
-        if node.kind is Kind.DIR and node.children is not None:
-            return any(self._keep_local(c) for c in node.children.values())
-        return False
+        if node.kind is Kind.DIR:
+            if node.children is not None and any(self._keep_local(c)
+                                                 for c in node.children.values()):
+                return True
+            return node.attrs_from == "local" and self.pending_kind(self.dir_prefix(node)) \
+                == "put"
+        if node.etag is not None:
+            return False
+        if node.origin_url is not None:
+            return True
+        op = self.pending_put(self.key(node))
+        if op is None:
+            return False
+        if op.digest and node.digest != op.digest:  # the journal knows the closed content
+            node.digest, node.size = op.digest, op.size
+        return True
 
     def _usable(self, key: str, rel: str) -> bool:
         problem = component_problem(rel) if "/" not in rel else "empty path component"

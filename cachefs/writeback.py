@@ -250,6 +250,13 @@ class WriteBack:
 
     # -- state for the core --------------------------------------------------------------------
 
+    def pending_put(self, key: str) -> Op | None:
+        """The newest pending operation that writes ``key`` (a put or a copy's target)."""
+        ops = self.by_key.get(key)
+        if ops and self.pending_kind(key) == "put":
+            return ops[-1]
+        return None
+
     def pending_kind(self, key: str) -> str | None:
         """'put' if the newest pending operation on ``key`` writes it, 'delete' if it removes it."""
         ops = self.by_key.get(key)

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import http.client
 import logging
+import random
 import re
 import socket
 import struct
@@ -93,10 +94,14 @@ class Fault:
     truncate: int | None = None
     corrupt_at: int | None = None
     reset: bool = False
+    #: act on each eligible request with this probability (seeded, so a run can be replayed)
+    probability: float = 1.0
+    seed: int = 0
     # Counters, changed under the proxy's lock: requests that matched, and those acted on.
     matched: int = field(default=0, init=False)
     applied: int = field(default=0, init=False)
     _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False)
+    _random: random.Random = field(default_factory=random.Random, init=False, repr=False)
 
     def __post_init__(self) -> None:
         terminal = [self.stall, self.status is not None, self.reset]
@@ -111,6 +116,7 @@ class Fault:
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError("status must be an HTTP error (400-599)")
         self._regex = re.compile(self.path) if self.path is not None else None
+        self._random = random.Random(self.seed)
 
     def _take(self, method: str, target: str) -> bool:
         """Count a request; True if this fault acts on it (the proxy holds its lock)."""
@@ -122,6 +128,8 @@ class Fault:
         if self.matched <= self.after:
             return False
         if self.times is not None and self.applied >= self.times:
+            return False
+        if self.probability < 1.0 and self._random.random() >= self.probability:
             return False
         self.applied += 1
         return True

@@ -20,8 +20,9 @@ def test_settings_become_flags() -> None:
                           "cache_size": 1 << 20, "restore_key": ["a/", "b/"],
                           "origin": "dl=http://o/", "cache_dir": Path("/c"),
                           "endpoint": None}) == [
-        "--store", "s3://b", "--read-only", "--cache-size", "1048576", "--restore-key", "a/",
-        "--restore-key", "b/", "--origin", "dl=http://o/", "--cache-dir", "/c"]
+        "--store", "s3://b", "--read-only", "--no-allow-other", "--cache-size", "1048576",
+        "--restore-key", "a/", "--restore-key", "b/", "--origin", "dl=http://o/",
+        "--cache-dir", "/c"]
     with pytest.raises(TypeError, match="unknown cachefs setting 'cache_sise'"):
         settings_argv({"cache_sise": "1G"})
 

@@ -36,7 +36,7 @@ def test_options_map_to_flags() -> None:
                     "--metadata-ttl", "5", "--store", "s3://b/p", "--config",
                     "/etc/cachefs.toml", "/mnt"]
     assert argv_for("read_only=false,allow_other=yes") == [
-        "mount", "--allow-other", "--store", "s3://b/p", "/mnt"]
+        "mount", "--no-read-only", "--allow-other", "--store", "s3://b/p", "/mnt"]
     assert argv_for("endpoint=http://h:1", source="cachefs") == [
         "mount", "--endpoint", "http://h:1", "/mnt"]
 

@@ -32,6 +32,8 @@ class ObjectInfo:
     mtime: float
     #: user metadata (x-amz-meta-*), names lowercased and without the prefix
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: encrypted with SSE-KMS or SSE-C: its ETag is not an MD5 of the content
+    encrypted: bool = False
 
 
 @dataclasses.dataclass

@@ -108,6 +108,8 @@ def _info(key: str, resp: Mapping[str, Any], size: int) -> ObjectInfo:
         etag=str(resp.get("ETag", "")),
         mtime=modified.timestamp() if modified else 0.0,
         metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
+        encrypted=resp.get("ServerSideEncryption") == "aws:kms" or
+        bool(resp.get("SSECustomerAlgorithm")),
     )
 
 
@@ -154,7 +156,9 @@ def _lean_info(key: str, headers: Any, status: int) -> ObjectInfo:
     modified = headers.get("Last-Modified")
     mtime = email.utils.parsedate_to_datetime(modified).timestamp() if modified else 0.0
     meta = {k[11:].lower(): v for k, v in headers.items() if k.lower().startswith("x-amz-meta-")}
-    return ObjectInfo(key, size, str(headers.get("ETag", "")), mtime, meta)
+    encrypted = headers.get("x-amz-server-side-encryption") == "aws:kms" or \
+        bool(headers.get("x-amz-server-side-encryption-customer-algorithm"))
+    return ObjectInfo(key, size, str(headers.get("ETag", "")), mtime, meta, encrypted)
 
 
 class _LeanReadStream(ReadStream):
