@@ -260,6 +260,39 @@ def _print_stats(stats: dict[str, Any]) -> None:
         print("errors     " + "  ".join(f"{k} {v}" for k, v in errors.items()))
 
 
+def prometheus_text(stats: dict[str, Any], mountpoint: str) -> str:
+    """`cachefs stats --prometheus`: the text exposition format, e.g. for node_exporter's
+    textfile collector."""
+    label = f'mountpoint="{mountpoint}"'
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP cachefs_{name} {help_text}")
+        lines.append(f"# TYPE cachefs_{name} {kind}")
+        for labels, value in samples:
+            joined = ",".join(filter(None, [label, labels]))
+            lines.append(f"cachefs_{name}{{{joined}}} {value}")
+
+    counters = stats.get("counters", {})
+    cache = stats.get("cache", {})
+    metric("events_total", "counter", "Counted events (hits, fetches, bytes, retries...).",
+           [(f'event="{k}"', v) for k, v in sorted(counters.items())])
+    metric("errors_total", "counter", "Errors by kind.",
+           [(f'kind="{k}"', v) for k, v in sorted(stats.get("errors", {}).items())])
+    metric("cache_bytes", "gauge", "Bytes in the blob tier.", [("", cache.get("bytes", 0))])
+    metric("cache_capacity_bytes", "gauge", "The blob tier's cap.",
+           [("", cache.get("capacity", 0))])
+    metric("cache_blobs", "gauge", "Blobs in the blob tier.", [("", cache.get("blobs", 0))])
+    metric("evictions_total", "counter", "Blobs evicted.", [("", cache.get("evictions", 0))])
+    metric("pending_uploads", "gauge", "Changes not yet in the store.",
+           [("", stats.get("pending_uploads", 0))])
+    metric("fetches_in_flight", "gauge", "Objects being fetched.",
+           [("", stats.get("fetches_in_flight", 0))])
+    metric("offline", "gauge", "1 while the store is unreachable.",
+           [("", 1 if stats.get("offline") else 0)])
+    return "\n".join(lines) + "\n"
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     if args.keys:
         report = _mount_control(args.mountpoint, "keys")
@@ -272,7 +305,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return OK
     while True:
         stats = _mount_control(args.mountpoint, "stats")
-        if args.json:
+        if args.prometheus:
+            print(prometheus_text(stats, str(Path(args.mountpoint).absolute())), end="",
+                  flush=True)
+        elif args.json:
             print(json.dumps(stats, indent=2 if not args.watch else None), flush=True)
         else:
             if args.watch and sys.stdout.isatty():
@@ -632,13 +668,16 @@ def build_parser() -> argparse.ArgumentParser:
         examples:
           cachefs stats /cache
           cachefs stats --json /cache
-          cachefs stats --watch /cache""")
+          cachefs stats --watch /cache
+          cachefs stats --prometheus /cache > /var/lib/node_exporter/cachefs.prom""")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--keys", action="store_true",
                    help="hits and misses per key (the 300 most recently used)")
+    p.add_argument("--prometheus", action="store_true",
+                   help="print the Prometheus text format (for a textfile collector)")
 
     p = command("fetch", cmd_fetch, "fetch files from their origin into the cache and store", """
         examples:

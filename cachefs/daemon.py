@@ -61,6 +61,8 @@ LAYOUT = "cachefs cache dir, layout 1\n"
 FLUSH_INTERVAL = 2.0
 #: how long shutdown waits for pending uploads before leaving them to the next mount
 DRAIN_GRACE = 60.0
+#: seconds between checks of an unreachable store
+OFFLINE_PROBE = 5.0
 
 
 class MountError(CacheFSError):
@@ -82,6 +84,7 @@ def cache_dir_lock(cache_dir: Path) -> Iterator[None]:
                          f"({version.read_text().strip()!r}); use another --cache-dir")
     if not version.exists():
         version.write_text(LAYOUT)
+        version.chmod(0o600)
     lock_path = cache_dir / "lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -309,6 +312,23 @@ class Daemon:
             except Exception:
                 log.exception("writing the cache index failed")
 
+    async def _watch_store(self) -> None:
+        """While offline, ask the store every few seconds whether it is back."""
+        while True:
+            await trio.sleep(OFFLINE_PROBE)
+            if not (self.ns.offline or self.fs.offline_at_start):
+                continue
+            try:
+                await trio.to_thread.run_sync(self.store.check, limiter=self.limiters.s3)
+            except CacheFSError as e:
+                log.debug("store still unreachable: %s", e)
+                continue
+            log.warning("store reachable again%s",
+                        ": the mount is writable" if self.fs.offline_at_start else "")
+            self.ns.offline = False
+            self.fs.offline_at_start = False
+            self.ns.invalidate_all()
+
     async def _signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for signum in sigs:
@@ -332,6 +352,7 @@ class Daemon:
             await services.start(self.manifests.run)
             await services.start(self.prefetcher.run)
             services.start_soon(self._housekeeping)
+            services.start_soon(self._watch_store)
             try:
                 yield services
             finally:
@@ -411,7 +432,7 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
                 chosen = subtree.resolve(store, prefix, config.subtree, config.restore_key)
                 prefix = chosen.prefix
             daemon = Daemon(config, path, store, prefix)
-            daemon.ns.offline = not online
+            daemon.ns.offline = daemon.fs.offline_at_start = not online
             if chosen is not None and chosen.pack is not None:
                 root = daemon.table.root
                 root.pack, root.etag, root.size = True, chosen.pack.etag, chosen.pack.size

@@ -486,7 +486,13 @@ class Fetcher:
                 self._place_blob(sha, data)  # a mismatch is never kept (checked below)
             return info, sha, info.size, crcs, etag_ok
 
-        info, sha, size, crcs, etag_ok = await self._retrying(f"GET {fetch.key}", work)
+        try:
+            info, sha, size, crcs, etag_ok = await self._retrying(f"GET {fetch.key}", work)
+        except OSError as e:
+            if e.errno != 28:  # ENOSPC: evict and try once more, else it is a real ENOSPC
+                raise
+            await self.blobs.make_room(max(fetch.size, 1 << 20))
+            info, sha, size, crcs, etag_ok = await self._retrying(f"GET {fetch.key}", work)
         fetch.info = info
         self.on_info(info)
         self._check_content(fetch, info, sha, etag_ok)

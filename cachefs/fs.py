@@ -89,6 +89,8 @@ class CacheFS:
         self._op_nodes: dict[int, Node] = {}
         self.origins = origins
         self.packs = packs
+        #: mounted while the store was unreachable: refuse changes until it answers
+        self.offline_at_start = False
         if packs is not None:
             ns.pack_loader = self._load_pack
         #: told about every open for reading (prefetch.Prefetcher), set by the daemon
@@ -290,6 +292,9 @@ class CacheFS:
     def _check_writable(self, *nodes: Node) -> None:
         if self.opts.read_only:
             raise ReadOnly("the mount is read-only")
+        if self.offline_at_start:
+            raise ReadOnly("the store was unreachable when this mount started: it is a "
+                           "read-only view of what is cached until the store comes back")
         for node in nodes:
             if self.in_pack(node):
                 raise ReadOnly(f"{node.path() or '/'} is inside a pack, which is read-only")

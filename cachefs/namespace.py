@@ -425,5 +425,11 @@ class Namespace:
         """Force the next access to list ``directory`` again."""
         directory.listed_at = 0.0
 
+    def invalidate_all(self) -> None:
+        """Every listing is checked again at its next access (the store came back)."""
+        for node in self.table.nodes.values():
+            if node.kind is Kind.DIR and node.listed_at != float("inf"):
+                node.listed_at = 0.0
+
 
 __all__ = ["Namespace", "Notifier", "NullNotifier"]
