@@ -435,7 +435,8 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
             daemon.ns.offline = daemon.fs.offline_at_start = not online
             if chosen is not None and chosen.pack is not None:
                 root = daemon.table.root
-                root.pack, root.etag, root.size = True, chosen.pack.etag, chosen.pack.size
+                root.pack = "tar.zst" if chosen.prefix.endswith(".tar.zst") else True
+                root.etag, root.size = chosen.pack.etag, chosen.pack.size
             daemon.subtree = chosen
             daemon.start()
             store_url = store.url + ("/" + prefix.rstrip("/") if prefix else "")

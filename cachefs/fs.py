@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from . import attrs as attrs_mod
+from . import tarpack
 from .blobs import BLOCK, BlobReader, BlobTier, DigestBuilder, digest_fd
 from .errors import (
     CacheFSError,
@@ -116,8 +117,22 @@ class CacheFS:
         if name == "..":
             return parent.parent or parent
         node = await self.ns.lookup(parent, name)
+        if node is None and name.endswith(tarpack.DIR_SUFFIX):
+            node = self._archive_dir(parent, name)
         if node is None and self.origins is not None:
             node = await self.origins.probe(parent, name)
+        return node
+
+    def _archive_dir(self, parent: Node, name: str) -> Node | None:
+        """``X.tar.zst.d``: the archive ``X.tar.zst`` next to it, as a read-only directory."""
+        archive = (parent.children or {}).get(name[:-2])
+        if archive is None or archive.kind is not Kind.FILE or archive.etag is None or \
+                self.packs is None:
+            return None
+        assert parent.children is not None
+        node = self.table.new(Kind.DIR, name, parent, mode=0o555, etag=archive.etag,
+                              size=archive.size, pack="tar.zst", mtime_ns=archive.mtime_ns)
+        parent.children[name] = node
         return node
 
     async def readdir(self, directory: Node) -> list[tuple[str, Node]]:
@@ -305,7 +320,11 @@ class CacheFS:
 
     async def _load_pack(self, directory: Node) -> None:
         assert self.packs is not None
-        ref = PackRef(self.ns.key(directory), directory.etag or "", directory.size)
+        key = self.ns.key(directory)
+        if directory.pack == "tar.zst" and key.endswith(tarpack.DIR_SUFFIX):
+            key = key[:-2]  # X.tar.zst.d shows the archive X.tar.zst
+        kind = "tar.zst" if directory.pack == "tar.zst" else "pack"
+        ref = PackRef(key, directory.etag or "", directory.size, kind)
         toc = await self.packs.load(ref)
         self.packs.populate(directory, ref, toc)
 

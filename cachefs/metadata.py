@@ -47,6 +47,8 @@ def encode_entry(node: Node) -> str:
         data["a"] = node.attrs_from
     if node.pack is True:
         data["pk"] = 1
+    elif node.pack == "tar.zst":
+        data["pk"] = "tar.zst"
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -58,7 +60,7 @@ def decode_entry(text: str) -> dict[str, Any]:
         "etag": data.get("e"), "digest": data.get("d"), "target": data.get("l"),
         "xattrs": dict(data.get("x") or {}), "source": data.get("src", "store"),
         "origin_url": data.get("o"), "attrs_from": data.get("a", "default"),
-        "pack": True if data.get("pk") else None,
+        "pack": {1: True, "tar.zst": "tar.zst"}.get(data.get("pk")),
     }
 
 

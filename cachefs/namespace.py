@@ -239,7 +239,7 @@ class Namespace:
         return (await self.children(directory)).get(name)
 
     async def _list(self, directory: Node) -> None:
-        if directory.pack is True and self.pack_loader is not None:
+        if directory.is_pack_dir and self.pack_loader is not None:
             await self.pack_loader(directory)
             return
         path = directory.path()
@@ -349,7 +349,7 @@ class Namespace:
         if node is not None:
             if self._keep_local(node):
                 return
-            if node.pack is True and obj is not None and node.etag == obj.etag:
+            if node.is_pack_dir and obj is not None and node.etag == obj.etag:
                 return  # the same pack, still shown as its directory
             same_kind = (node.kind is Kind.DIR) == (kind is Kind.DIR)
             if same_kind and (obj is None or node.etag == obj.etag):
@@ -390,6 +390,10 @@ class Namespace:
         journaled: one remembered from before a crash, half-written, must not hide the store."""
         if node.staging is not None or node.pending > 0:
             return True
+        if node.pack == "tar.zst" and node.name.endswith(".d") and node.parent is not None:
+            # an archive shown as a directory: as long as the archive is there, unchanged
+            archive = (node.parent.children or {}).get(node.name[:-2])
+            return archive is not None and archive.etag == node.etag
         if node.kind is Kind.DIR:
             if node.children is not None and any(self._keep_local(c)
                                                  for c in node.children.values()):

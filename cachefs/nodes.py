@@ -68,7 +68,8 @@ class Node:
     #: origin URL for a file the store lacks but an origin has
     origin_url: str | None = None
     #: packs: True on a directory that is a pack object (its tree comes from the pack's table
-    #: of contents); a packs.PackFile on a file inside one
+    #: of contents), "tar.zst" on one that is a .tar.zst archive; a packs.PackFile on a file
+    #: inside either
     pack: Any = None
     # directories
     children: dict[str, Node] | None = None
@@ -98,6 +99,10 @@ class Node:
         while node is not None:
             yield node
             node = node.parent
+
+    @property
+    def is_pack_dir(self) -> bool:
+        return self.kind is Kind.DIR and (self.pack is True or self.pack == "tar.zst")
 
     @property
     def st_mode(self) -> int:

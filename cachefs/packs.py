@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import trio
 
-from . import codec
+from . import codec, tarpack
 from .blobs import BlobReader, BlobTier, DigestBuilder
 from .errors import ChecksumMismatch, InvalidArgument, StoreUnavailable
 from .metrics import Stats
@@ -37,11 +37,12 @@ ATTEMPTS = 4
 
 @dataclasses.dataclass(frozen=True)
 class PackRef:
-    """A pack object, by the version the listing showed."""
+    """A pack object (or a .tar.zst archive), by the version the listing showed."""
 
     key: str
     etag: str
     size: int
+    kind: str = "pack"  # pack | tar.zst
 
 
 @dataclasses.dataclass(eq=False)
@@ -74,7 +75,7 @@ class Packs:
 
     async def load(self, ref: PackRef) -> Toc:
         """The pack's table of contents: from the blob tier, or fetched once."""
-        toc_key = ref.key + "#toc"
+        toc_key = ref.key + ("#toc" if ref.kind == "pack" else "#tar-index")
         while (ref.key, ref.etag) in self._tocs:
             await self._tocs[(ref.key, ref.etag)].wait()
         digest = self.blobs.lookup(toc_key, ref.etag)
@@ -87,7 +88,10 @@ class Packs:
                 await self.blobs.discard(digest, f"stored table of contents unusable: {e}")
         event = self._tocs[(ref.key, ref.etag)] = trio.Event()
         try:
-            raw, toc = await self._fetch_toc(ref)
+            if ref.kind == "tar.zst":
+                raw, toc = await self._fetch_tar(ref)
+            else:
+                raw, toc = await self._fetch_toc(ref)
             await self._keep(raw, [(toc_key, ref.etag)])
             self.stats.count("pack_tocs_fetched")
             return toc
@@ -108,6 +112,27 @@ class Packs:
             return toc.encode(), toc
 
         return await self._retrying(f"table of contents of {ref.key}", fetch)
+
+    async def _fetch_tar(self, ref: PackRef) -> tuple[bytes, Toc]:
+        """Download and decompress a .tar.zst once; the plain tar becomes one blob."""
+        temp = self.blobs.new_temp_path("tar")
+        progress = self.stats.begin("archive", ref.key, ref.size)
+
+        def fetch() -> tuple[str, int, array]:
+            with self.store.open_read(ref.key, etag=ref.etag) as stream:
+                return tarpack.decompress_to(stream, temp)
+
+        try:
+            digest, size, crcs = await self._retrying(f"archive {ref.key}", fetch)
+            await self.blobs.commit(temp, digest, size, crcs)
+            toc = await trio.to_thread.run_sync(tarpack.index, self.blobs.path(digest), digest,
+                                                size, limiter=self.cpu)
+        finally:
+            self.stats.end(progress)
+            temp.unlink(missing_ok=True)
+        self.stats.count("archives_fetched")
+        self.stats.count("bytes_from_store", ref.size)
+        return toc.encode(), toc
 
     def _range(self, ref: PackRef, start: int, length: int) -> bytes:
         with self.store.open_read(ref.key, start, length, etag=ref.etag) as stream:
@@ -217,6 +242,12 @@ class Packs:
 
     async def _fetch_frame(self, pack: LoadedPack, index: int) -> None:
         frame = pack.toc.frames[index]
+        if pack.ref.kind == "tar.zst":  # the archive's only frame is the whole tar
+            _, toc = await self._fetch_tar(pack.ref)
+            if toc.frames[0].sha256 != frame.sha256:
+                raise ChecksumMismatch(f"{pack.ref.key}: the archive decompresses to "
+                                       "different bytes than when it was indexed")
+            return
 
         def fetch() -> bytes:
             compressed = self._range(pack.ref, frame.offset, frame.clen)

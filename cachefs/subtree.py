@@ -37,7 +37,7 @@ def _probe(store: Store, prefix: str, key: str) -> Subtree | None:
         info = store.head(full)
     except NotFound:
         info = None
-    if info is not None and info.metadata.get("cachefs-pack"):
+    if info is not None and (info.metadata.get("cachefs-pack") or full.endswith(".tar.zst")):
         return Subtree(key.strip("/"), True, info, full)
     page, _ = store.list_page(full + "/", "/")
     if page.objects or page.prefixes:

@@ -189,3 +189,48 @@ def test_go_build_from_a_mounted_pack(seaweed: SeaweedFS, bucket: str, mounter: 
     assert stats["pack_frames_fetched"] >= 1
     digest = hashlib.sha256((tmp_path / "app.bin").read_bytes()).hexdigest()
     assert digest
+
+
+def make_tar_zst(src: Path, dest: Path) -> None:
+    """What cacher and actions/cache do: tar the directory, compress with zstd."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(src, arcname=".")
+    dest.write_bytes(zstandard.ZstdCompressor(level=3).compress(raw.getvalue()))
+
+
+@pytest.mark.fuse
+@pytest.mark.s3
+def test_tar_zst_archives_open_as_directories(seaweed: SeaweedFS, bucket: str,
+                                              mounter: Mounter, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    os.link(src / "a.txt", src / "hardlink.txt")
+    archive = tmp_path / "build.tar.zst"
+    make_tar_zst(src, archive)
+    seaweed.client().put_object(Bucket=bucket, Key="cache/build.tar.zst",
+                                Body=archive.read_bytes())
+    m = mounter(server=seaweed, bucket=bucket)
+    opened = m.path / "cache/build.tar.zst.d"
+    assert opened.is_dir()
+    assert sorted(os.listdir(opened)) == sorted(os.listdir(src))
+    for rel in ("a.txt", "hardlink.txt", "random.bin", "sub/exec.sh",
+                "dir with spaces/ünïcødé/naïve file.go"):
+        assert (opened / rel).read_bytes() == (src / rel).read_bytes(), rel
+    assert os.readlink(opened / "sub/link") == "../a.txt"
+    assert os.stat(opened / "sub/exec.sh").st_mode & 0o777 == 0o755
+    assert int(os.stat(opened / "a.txt").st_mtime) == int(os.stat(src / "a.txt").st_mtime)
+    with pytest.raises(OSError) as info:
+        (opened / "new").write_text("x")
+    assert info.value.errno == 30
+    assert m.control("stats")["counters"]["archives_fetched"] == 1
+    m.umount()
+    again = mounter("--subtree", "cache/build.tar.zst", server=seaweed, bucket=bucket,
+                    cache_dir=m.cache_dir)
+    assert (again.path / "random.bin").read_bytes() == (src / "random.bin").read_bytes()
+    assert again.control("stats")["counters"].get("archives_fetched", 0) == 0  # kept locally
