@@ -9,90 +9,46 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import hashlib
 import json
 import os
 import select
 import shutil
 import subprocess
 import sys
-import textwrap
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import FIELDS, Config, flag_argv, load
+from .cliutil import (
+    FAIL,
+    MISS,
+    OK,
+    Failure,
+    config_flags,
+    help_text,
+    load_config,
+    mount_control,
+)
+from .commands import (
+    apply_template,
+    cmd_clear,
+    cmd_completion,
+    cmd_doctor,
+    cmd_fetch,
+    cmd_key,
+    cmd_pack,
+    cmd_stats,
+    cmd_status,
+    cmd_sync,
+    cmd_verify,
+    cmd_warm,
+)
+from .config import FIELDS, Config, flag_argv
 from .errors import CacheFSError, ConfigError
 
-OK, MISS, FAIL = 0, 1, 2
-
-
-class Failure(Exception):
-    """A one-line error for the user, with an exit code."""
-
-    def __init__(self, message: str, code: int = FAIL) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _help(text: str) -> str:
-    return textwrap.dedent(text).strip() + "\n"
-
-
-# -- shared helpers -------------------------------------------------------------------------
-
-
-def _config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    for field in FIELDS:
-        if field.name not in names:
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        if field.parse.__name__ == "parse_bool":
-            parser.add_argument(flag, action="store_const", const=True, default=None,
-                                help=field.help)
-            parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const",
-                                const=False, help=argparse.SUPPRESS)
-        elif field.parse.__name__ == "parse_list":
-            parser.add_argument(flag, action="append", default=None, metavar="VALUE",
-                                help=field.help + " (repeatable)")
-        else:
-            parser.add_argument(flag, default=None, metavar=field.name.upper(), help=field.help)
-    parser.add_argument("--config", metavar="FILE",
-                        help="TOML config file (default: ~/.config/cachefs/config.toml)")
-
-
-def _load_config(args: argparse.Namespace) -> Config:
-    flags = {f.name: getattr(args, f.name, None) for f in FIELDS}
-    return load(flags, config_file=getattr(args, "config", None))
-
-
-def _mount_control(mountpoint: str, name: str) -> Any:
-    path = Path(mountpoint).absolute()
-    try:
-        raw = os.getxattr(path, "user.cachefs." + name)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP):
-            raise Failure(f"{path} is not a cachefs mount") from None
-        raise Failure(f"{path}: {e.strerror}") from None
-    text = raw.decode()
-    with contextlib.suppress(ValueError):
-        return json.loads(text)
-    return text
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-# -- mount / umount -------------------------------------------------------------------------
+__all__ = ["FAIL", "MISS", "OK", "apply_template", "build_parser", "main"]
 
 
 def _daemon_argv(config: Config, mountpoint: str) -> list[str]:
@@ -102,7 +58,7 @@ def _daemon_argv(config: Config, mountpoint: str) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    config = _load_config(args)
+    config = load_config(args)
     from . import daemon
 
     if args.foreground:
@@ -162,10 +118,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = Path(args.mountpoint).absolute()
     if not os.path.ismount(mountpoint):
         raise Failure(f"{mountpoint} is not mounted")
-    pid = int(_mount_control(str(mountpoint), "pid"))
+    pid = int(mount_control(str(mountpoint), "pid"))
     report: dict[str, Any] = {}
     if not args.no_sync:
-        report = _mount_control(str(mountpoint), "sync")
+        report = mount_control(str(mountpoint), "sync")
     command = ["fusermount3", "-u", *(["-z"] if args.lazy else []), str(mountpoint)]
     if shutil.which("fusermount3") is None:
         command = ["umount", *(["-l"] if args.lazy else []), str(mountpoint)]
@@ -206,379 +162,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-# -- talking to a running mount -------------------------------------------------------------
-
-
-def cmd_sync(args: argparse.Namespace) -> int:
-    report = _mount_control(args.mountpoint, "sync")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    failed = report.get("failed") or []
-    for op in failed:
-        print(f"cachefs: not stored: {op['op']} {op['key']}: {op['error']}", file=sys.stderr)
-    if failed or report.get("manifest_error"):
-        return FAIL
-    if not args.json:
-        print("cachefs: everything written is in the store")
-    return OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    status = _mount_control(args.mountpoint, "status")
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return OK
-    pending = status.get("pending", [])
-    if not pending:
-        print("nothing pending: everything written is in the store")
-    for op in pending:
-        err = f"  (failed {op['attempts']}x: {op['error']})" if op["error"] else ""
-        print(f"{op['op']:6} {op['key']}  {_human(op['size'])}  {op['age']:.0f}s{err}")
-    return OK
-
-
-def _print_stats(stats: dict[str, Any]) -> None:
-    counters = stats.get("counters", {})
-    cache = stats.get("cache", {})
-    print(f"store      {stats.get('store')}  {'(OFFLINE)' if stats.get('offline') else ''}")
-    print(f"cache      {_human(cache.get('bytes', 0))} of {_human(cache.get('capacity', 0))} "
-          f"in {cache.get('blobs', 0)} blobs, {cache.get('evictions', 0)} evicted")
-    print(f"hits       local {counters.get('hits_local', 0)}  "
-          f"store {counters.get('hits_store', 0)}  "
-          f"origin misses {counters.get('origin_misses', 0)} "
-          f"(held for approval {counters.get('origin_misses_held', 0)})")
-    print(f"bytes      from store {_human(counters.get('bytes_from_store', 0))}  "
-          f"from origin {_human(counters.get('bytes_from_origin', 0))}  "
-          f"to store {_human(counters.get('bytes_to_store', 0))}")
-    print(f"pending    {stats.get('pending_uploads', 0)} upload(s), "
-          f"{stats.get('fetches_in_flight', 0)} fetch(es) in flight")
-    for item in stats.get("in_flight", []):
-        pct = 100 * item["done"] / item["total"] if item["total"] else 100
-        print(f"  {item['what']:7} {item['key']}  {pct:5.1f}% of {_human(item['total'])}")
-    errors = stats.get("errors", {})
-    if errors:
-        print("errors     " + "  ".join(f"{k} {v}" for k, v in errors.items()))
-
-
-def prometheus_text(stats: dict[str, Any], mountpoint: str) -> str:
-    """`cachefs stats --prometheus`: the text exposition format, e.g. for node_exporter's
-    textfile collector."""
-    label = f'mountpoint="{mountpoint}"'
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP cachefs_{name} {help_text}")
-        lines.append(f"# TYPE cachefs_{name} {kind}")
-        for labels, value in samples:
-            joined = ",".join(filter(None, [label, labels]))
-            lines.append(f"cachefs_{name}{{{joined}}} {value}")
-
-    counters = stats.get("counters", {})
-    cache = stats.get("cache", {})
-    metric("events_total", "counter", "Counted events (hits, fetches, bytes, retries...).",
-           [(f'event="{k}"', v) for k, v in sorted(counters.items())])
-    metric("errors_total", "counter", "Errors by kind.",
-           [(f'kind="{k}"', v) for k, v in sorted(stats.get("errors", {}).items())])
-    metric("cache_bytes", "gauge", "Bytes in the blob tier.", [("", cache.get("bytes", 0))])
-    metric("cache_capacity_bytes", "gauge", "The blob tier's cap.",
-           [("", cache.get("capacity", 0))])
-    metric("cache_blobs", "gauge", "Blobs in the blob tier.", [("", cache.get("blobs", 0))])
-    metric("evictions_total", "counter", "Blobs evicted.", [("", cache.get("evictions", 0))])
-    metric("pending_uploads", "gauge", "Changes not yet in the store.",
-           [("", stats.get("pending_uploads", 0))])
-    metric("fetches_in_flight", "gauge", "Objects being fetched.",
-           [("", stats.get("fetches_in_flight", 0))])
-    metric("offline", "gauge", "1 while the store is unreachable.",
-           [("", 1 if stats.get("offline") else 0)])
-    return "\n".join(lines) + "\n"
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    if args.keys:
-        report = _mount_control(args.mountpoint, "keys")
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            for item in report["keys"]:
-                counts = "  ".join(f"{k} {v}" for k, v in item.items() if k != "key")
-                print(f"{item['key']}  {counts}")
-        return OK
-    while True:
-        stats = _mount_control(args.mountpoint, "stats")
-        if args.prometheus:
-            print(prometheus_text(stats, str(Path(args.mountpoint).absolute())), end="",
-                  flush=True)
-        elif args.json:
-            print(json.dumps(stats, indent=2 if not args.watch else None), flush=True)
-        else:
-            if args.watch and sys.stdout.isatty():
-                print("\033[H\033[J", end="")
-            _print_stats(stats)
-        if not args.watch:
-            return OK
-        time.sleep(args.interval)
-
-
-def find_mount(path: Path) -> tuple[Path, str]:
-    """The cachefs mount containing ``path`` (which may not exist yet) and the relative path."""
-    path = Path(os.path.abspath(path))
-    probe = path.parent
-    while not os.path.ismount(probe):
-        if probe == probe.parent:
-            raise Failure(f"{path} is not inside a mount")
-        probe = probe.parent
-    _mount_control(str(probe), "pid")  # a cachefs mount, or Failure
-    return probe, path.relative_to(probe).as_posix()
-
-
-class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty()
-        self.color = self.enabled and not os.environ.get("NO_COLOR")
-
-    def update(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        width = 30
-        filled = int(width * done / total)
-        bar = "#" * filled + "-" * (width - filled)
-        if self.color:
-            bar = f"\033[32m{bar[:filled]}\033[0m{bar[filled:]}"
-        print(f"\r{self.label} [{bar}] {_human(done)}/{_human(total)}", end="",
-              file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
-
-
-def _watch_transfer(mountpoint: Path, key_suffix: str, progress: Progress,
-                    done: threading.Event, what: str | None = None) -> None:
-    while not done.wait(0.2):
-        with contextlib.suppress(Failure, OSError):
-            for item in _mount_control(str(mountpoint), "stats").get("in_flight", []):
-                if item["key"].endswith(key_suffix) and what in (None, item["what"]):
-                    progress.update(item["done"], item["total"])
-
-
-def cmd_fetch(args: argparse.Namespace) -> int:
-    code = OK
-    for text in args.paths:
-        mountpoint, rel = find_mount(Path(text))
-        progress = Progress(rel)
-        done = threading.Event()
-        watcher = threading.Thread(target=_watch_transfer, args=(mountpoint, rel, progress, done),
-                                   daemon=True)
-        watcher.start()
-        try:
-            os.setxattr(mountpoint, "user.cachefs.fetch", rel.encode())
-        except OSError as e:
-            done.set()
-            progress.close()
-            if e.errno == errno.ENOENT:
-                print(f"cachefs: {text}: not at the origin", file=sys.stderr)
-                code = max(code, MISS)
-            else:
-                print(f"cachefs: {text}: {e.strerror} (see the mount's log)", file=sys.stderr)
-                code = FAIL
-            continue
-        done.set()
-        watcher.join()
-        progress.close()
-        print(f"fetched {text}")
-    return code
-
-
-def cmd_warm(args: argparse.Namespace) -> int:
-    code = OK
-    for text in args.paths:
-        mountpoint, rel = find_mount(Path(text)) if not os.path.ismount(text) \
-            else (Path(text).absolute(), "")
-        progress = Progress(f"warming {rel or '/'}")
-        done = threading.Event()
-        watcher = threading.Thread(target=_watch_transfer,
-                                   args=(mountpoint, "", progress, done, "warm"), daemon=True)
-        watcher.start()
-        try:
-            os.setxattr(mountpoint, "user.cachefs.warm", rel.encode())
-            failed = False
-        except OSError as e:
-            failed = True
-            message = e.strerror
-        done.set()
-        watcher.join()
-        progress.close()
-        result = _mount_control(str(mountpoint), "warmed")
-        summary = (f"{result.get('files', 0)} files: {result.get('cached', 0)} already cached, "
-                   f"{result.get('fetched', 0)} fetched, {result.get('failed', 0)} failed")
-        if failed:
-            print(f"cachefs: {text}: {message}; {summary}", file=sys.stderr)
-            code = FAIL
-        else:
-            print(f"cachefs: warmed {text}: {summary}")
-    return code
-
-
-# -- commands without a mount ---------------------------------------------------------------
-
-
-def _store_and_key(args: argparse.Namespace, dest: str) -> tuple[Any, str, Config]:
-    """``s3://BUCKET/KEY`` or a key relative to the configured store."""
-    from .store import open_store, parse_store_url
-
-    config = _load_config(args)
-    if "://" in dest:
-        location = parse_store_url(dest)
-        if location.scheme != "s3" or not location.prefix:
-            raise Failure(f"{dest}: give s3://BUCKET/KEY, or KEY with --store")
-        config = config.replace(store=f"s3://{location.bucket}")
-        key = location.prefix.rstrip("/")
-        store, _ = open_store(config)
-        return store, key, config
-    store, prefix = open_store(config)
-    return store, prefix + dest.strip("/"), config
-
-
-def cmd_pack(args: argparse.Namespace) -> int:
-    from . import codec, packcmd
-    from .store.local import LocalStore
-
-    root = Path(args.directory)
-    if not root.is_dir():
-        raise Failure(f"{root} is not a directory")
-    store, key, _ = _store_and_key(args, args.key)
-    if isinstance(store, LocalStore):
-        store.ensure()
-    store.check()
-    files, total = packcmd.tree_size(root)
-    bar = Progress(f"packing {files} files")
-    done = [0]
-
-    def progress(n: int) -> None:
-        done[0] += n
-        bar.update(done[0], total)
-
-    level = codec.parse_level(f"zstd:{args.level}") or codec.DEFAULT_LEVEL
-    summary = packcmd.pack_directory(root, store, key, level, progress)
-    bar.close()
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"cachefs: packed {summary['files']} files ({_human(summary['bytes_in'])}) into "
-              f"{key}: {_human(summary['bytes_stored'])} in {summary['frames']} frames, "
-              f"{summary['seconds']}s")
-    return OK
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_doctor
-
-    return run_doctor(_load_config(args))
-
-
-def _cache_dir_or_mount(args: argparse.Namespace) -> tuple[Path | None, Path]:
-    """(mount point, cache dir): a running mount is asked to do the work itself."""
-    if args.target and os.path.ismount(args.target):
-        return Path(args.target).absolute(), Path()
-    config = _load_config(args)
-    return None, Path(args.target or config.cache_dir)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from . import maintenance
-    from .daemon import CacheDirBusy
-
-    mountpoint, cache_dir = _cache_dir_or_mount(args)
-    if mountpoint is not None:
-        os.setxattr(mountpoint, "user.cachefs.verify", b"repair" if args.repair else b"check")
-        report = _mount_control(str(mountpoint), "verified")
-    else:
-        if not (cache_dir / "blobs").is_dir():
-            raise Failure(f"{cache_dir} is not a cachefs cache dir")
-        try:
-            report = maintenance.verify(cache_dir, args.repair)
-        except CacheDirBusy as e:
-            raise Failure(f"{e}: run `cachefs verify MOUNTPOINT` instead") from None
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"cachefs: checked {report['checked']} blobs ({_human(report['bytes'])}): "
-              f"{len(report['bad'])} bad" + (", removed (they are fetched again when read)"
-                                             if report["bad"] and report["repaired"] else ""))
-        for digest in report["bad"]:
-            print(f"  bad blob {digest}")
-        for digest in report["pending_uploads_damaged"]:
-            print(f"  a pending upload lost its content: {digest}", file=sys.stderr)
-    return MISS if report["bad"] and not report["repaired"] else OK
-
-
-def cmd_clear(args: argparse.Namespace) -> int:
-    from . import maintenance
-    from .daemon import CacheDirBusy
-
-    mountpoint, cache_dir = _cache_dir_or_mount(args)
-    if mountpoint is not None:
-        raise Failure(f"{mountpoint} is mounted: unmount it before clearing its cache dir")
-    if not (cache_dir / "blobs").is_dir():
-        raise Failure(f"{cache_dir} is not a cachefs cache dir")
-    try:
-        report = maintenance.clear(cache_dir)
-    except CacheDirBusy as e:
-        raise Failure(f"{e}: unmount it first") from None
-    print(f"cachefs: removed {report['removed']} blobs ({_human(report['bytes'])}) from "
-          f"{cache_dir}; kept {report['kept_for_uploads']} that pending uploads need")
-    return OK
-
-
-def hash_paths(paths: Sequence[str]) -> str:
-    """SHA-256 over the contents of files; directories walked in sorted relative-path order."""
-    sha = hashlib.sha256()
-    for text in paths:
-        path = Path(text)
-        if path.is_dir():
-            files = sorted(
-                (p for p in path.rglob("*") if p.is_file()),
-                key=lambda p: p.relative_to(path).as_posix())
-        elif path.is_file():
-            files = [path]
-        else:
-            raise Failure(f"cannot hash {text}: no such file or directory")
-        for f in files:
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    sha.update(chunk)
-    return sha.hexdigest()
-
-
-def apply_template(template: str, digest: str) -> str:
-    if "{hash}" in template:
-        return template.replace("{hash}", digest)
-    head, _, base = template.rpartition("/")
-    dot = base.find(".", 1)
-    stem, ext = (base, "") if dot < 0 else (base[:dot], base[dot:])
-    return (head + "/" if head else "") + f"{stem}-{digest}{ext}"
-
-
-def cmd_key(args: argparse.Namespace) -> int:
-    if args.hash_length < 1 or args.hash_length > 64:
-        raise Failure("--hash-length must be between 1 and 64")
-    digest = hash_paths(args.hash_from)[: args.hash_length]
-    print(apply_template(args.template, digest))
-    return OK
-
-
-def cmd_completion(args: argparse.Namespace) -> int:
-    from .completion import script
-
-    print(script(args.shell, build_parser()), end="")
-    return OK
-
-
-# -- the parser -----------------------------------------------------------------------------
-
 MOUNT_FIELDS = [f.name for f in FIELDS]
 
 
@@ -586,11 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cachefs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_help("""
+        description=help_text("""
             A read-through cache filesystem over S3 for CI machines: the keys of a bucket
             appear as files, fetched on first read into a verified local cache, and files
             written into the mount go back to the bucket when they are closed."""),
-        epilog=_help("""
+        epilog=help_text("""
             examples:
               cachefs mount ~/cache                       # local store, no S3 needed
               cachefs mount --store s3://ci-cache/proj --endpoint http://127.0.0.1:8333 /cache
@@ -606,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, func: Callable[[argparse.Namespace], int], summary: str,
                 epilog: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary,
-                           epilog=_help(epilog),
+                           epilog=help_text(epilog),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         return p
@@ -628,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         running and logs to CACHE_DIR/cachefs.log. It exits 2 with one line saying why if
         the mount cannot be made (no /dev/fuse, mount point missing or busy, bad credentials,
         missing bucket).""")
-    _config_flags(p, MOUNT_FIELDS)
+    config_flags(p, MOUNT_FIELDS)
     p.add_argument("--foreground", "-f", action="store_true",
                    help="stay in the foreground and log to stderr")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -713,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", metavar="MOUNTPOINT|CACHE_DIR")
     p.add_argument("--repair", action="store_true", help="remove the blobs that fail")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _config_flags(p, ["cache_dir"])
+    config_flags(p, ["cache_dir"])
 
     p = command("clear", cmd_clear, "empty a cache dir's blob tier", """
         examples:
@@ -723,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         Refuses while a mount uses the cache dir. Keeps the blobs that pending uploads
         still need, so nothing written is lost.""")
     p.add_argument("target", nargs="?", metavar="CACHE_DIR")
-    _config_flags(p, ["cache_dir"])
+    config_flags(p, ["cache_dir"])
 
     p = command("doctor", cmd_doctor, "check that a store works: reach, write, read, delete", """
         examples:
@@ -732,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         Prints where each credential came from and its length (never its value), then
         writes a 1-byte canary object, reads it back and deletes it. Exit 0 if all of it
         worked, 2 if not.""")
-    _config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
+    config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
                       "connections"])
 
     p = command("pack", cmd_pack, "save a directory tree as one pack object", """
@@ -746,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         object of independently compressed frames with a table of contents, so a mount
         shows it at once and fetches only the frames that are read. Identical files are
         stored once. See docs/PACK-FORMAT.md.""")
-    _config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
+    config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
                       "connections"])
     p.add_argument("directory", metavar="DIR")
     p.add_argument("key", metavar="KEY", help="s3://BUCKET/KEY, or KEY within --store")
