@@ -408,7 +408,12 @@ class BlobTier:
     # -- reading -------------------------------------------------------------------------------
 
     def open_reader(self, digest: str) -> BlobReader:
-        """A verified reader; the caller must close it. Pins the blob while open."""
+        """A verified reader; the caller must close it. Pins the blob while open.
+
+        Raises FileNotFoundError for a blob evicted (or being evicted) since it was found.
+        """
+        if digest not in self.entries:
+            raise FileNotFoundError(f"blob {digest[:12]} left the blob tier")
         fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
         self.pin(digest)
         return BlobReader(self, digest, fd)

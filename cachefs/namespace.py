@@ -398,6 +398,8 @@ class Namespace:
             if node.children is not None and any(self._keep_local(c)
                                                  for c in node.children.values()):
                 return True
+            if node.source == "origin" and node.origin_url is not None:
+                return True  # found at the origin; the store has it once a file below is kept
             return node.attrs_from == "local" and self.pending_kind(self.dir_prefix(node)) \
                 == "put"
         if node.etag is not None:

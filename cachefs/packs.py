@@ -22,7 +22,7 @@ import trio
 
 from . import codec, tarpack
 from .blobs import BlobReader, BlobTier, DigestBuilder
-from .errors import ChecksumMismatch, InvalidArgument, StoreUnavailable
+from .errors import CacheFSError, ChecksumMismatch, InvalidArgument, StoreUnavailable
 from .metrics import Stats
 from .nodes import InodeTable, Kind, Node
 from .pack import TRAILER, Entry, Toc, decode_toc, decode_trailer
@@ -313,10 +313,17 @@ class PackFileReader:
 
     async def _reader(self, index: int) -> BlobReader:
         reader = self._readers.get(index)
-        if reader is None:
+        for _ in range(3):
+            if reader is not None:
+                return reader
             digest = await self.packs.ensure_frame(self.file.pack, index)
             self.digest = digest
-            reader = self._readers[index] = self.packs.blobs.open_reader(digest)
+            try:  # a tight cache may evict the frame before we get to open it
+                reader = self._readers[index] = self.packs.blobs.open_reader(digest)
+            except FileNotFoundError:
+                log.info("pack frame %d evicted before it was opened; fetching again", index)
+        if reader is None:
+            raise CacheFSError("the blob tier is too small to hold a pack frame open")
         return reader
 
     def close(self) -> None:

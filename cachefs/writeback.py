@@ -63,6 +63,8 @@ class Op:
     superseded: bool = False
     last_error: str = ""
     not_before: float = 0.0
+    #: attempts made before the last `sync`: backoff starts over from there
+    backoff_from: int = 0
     info: ObjectInfo | None = None
     #: loaded from the journal at start: its blob is checked before it is uploaded
     replayed: bool = False
@@ -316,7 +318,7 @@ class WriteBack:
         except CacheFSError as e:
             op.last_error = str(e)
             self.stats.error("upload_" + type(e).__name__)
-            delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - 1))
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - op.backoff_from - 1))
             op.not_before = trio.current_time() + delay
             log.warning("%s %s failed (attempt %d, retrying in %.0fs): %s", op.kind, op.key,
                         op.attempts, delay, e)
@@ -471,12 +473,18 @@ class WriteBack:
     # -- draining ------------------------------------------------------------------------------
 
     async def drain(self, attempts: int = WAIT_ATTEMPTS) -> list[Op]:
-        """Wait for everything queued now; returns the operations that kept failing."""
+        """Retry everything queued now, without waiting out its backoff (the store may be back:
+        that is why someone asked), and wait for it; returns the operations that failed
+        ``attempts`` more times."""
         targets = list(self.queue)
+        limits = {op.seq: op.attempts + attempts for op in targets}
+        for op in targets:
+            op.not_before, op.backoff_from = 0.0, op.attempts
+        self._kick()
         failed = []
         for op in targets:
             try:
-                await self.wait(op, attempts)
+                await self.wait(op, limits[op.seq])
             except CacheFSError:
                 failed.append(op)
         return failed
