@@ -49,6 +49,7 @@ from benchcore import (  # noqa: E402
     Ctx,
     FsSystem,
     ProcMountSystem,
+    Record,
     System,
     Target,
     check_tree,
@@ -58,9 +59,11 @@ from benchcore import (  # noqa: E402
 )
 from benchdata import (  # noqa: E402
     ARCHIVE_KEY,
+    PACK_KEY,
     TREE,
     build_workload,
     extract_archive,
+    make_archive,
     upload_workload,
 )
 from benchlib import (  # noqa: E402
@@ -175,6 +178,51 @@ class CachefsSystem(FsSystem):
             self.pid = None
 
 
+class PackSystem(CachefsSystem):
+    """The tree saved as one pack (``cachefs pack``) and read through a mount of the bucket,
+    where the pack key is a directory: listings from its table, frames fetched on first read."""
+
+    name = "pack"
+    writable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packed = False
+
+    def states(self, op: str) -> tuple[str, ...]:
+        return ("cold",) if op == "save_tree" else super().states(op)
+
+    def run(self, op: str, ctx: Ctx, record: Record) -> None:
+        if op != "save_tree":
+            super().run(op, ctx, record)
+            return
+        for _ in range(self.repeats(ctx)):
+            ctx.drop_caches()
+            s = self._pack(ctx, f"saves/gomod-{uuid.uuid4().hex[:8]}")
+            record("cold", s)
+            if not s.ok:
+                return
+
+    def _pack(self, ctx: Ctx, key: str) -> Sample:
+        def pack() -> None:
+            result = self.cli(ctx, "pack", str(ctx.wl.pack_src), f"s3://{ctx.bucket}/{key}",
+                              timeout=ctx.timeout)
+            if result.returncode != 0:
+                raise BenchError(f"cachefs pack exited {result.returncode}: "
+                                 f"{result.stderr.strip()[-300:]}")
+
+        return measure(pack, files=ctx.wl.tree_files, nbytes=ctx.wl.tree_bytes)
+
+    def start(self, ctx: Ctx, cache: Path, state: str) -> Target:
+        if not self.packed:
+            s = self._pack(ctx, PACK_KEY)
+            if not s.ok:
+                raise BenchError(s.error or "pack failed")
+            self.packed = True
+        target = super().start(ctx, cache, state)
+        return Target(target.root / PACK_KEY, target.pids)
+
+
 class S3fsSystem(ProcMountSystem):
     name = "s3fs"
     peer = True
@@ -217,7 +265,8 @@ class Boto3System(ApiSystem):
 
     name = "boto3"
     ops = {"cp_tree": "download_tree", "ls_tree": "list_tree", "find_tree": "list_tree",
-           "read_big": "download_big", "ttfb_big": "ranged_get", "write_big": "upload"}
+           "read_big": "download_big", "ttfb_big": "ranged_get", "write_big": "upload",
+           "save_tree": "put_tree"}
 
     def __init__(self) -> None:
         self.client: Any = None
@@ -284,6 +333,24 @@ class Boto3System(ApiSystem):
         return [measure(functools.partial(first, big.key), nbytes=TTFB_BYTES,
                         timeout=ctx.timeout) for big in ctx.wl.big]
 
+    def put_tree(self, ctx: Ctx) -> list[Sample]:
+        """One PUT per file, 32 threads: how a tree is saved as objects."""
+        client, prefix = self._client(ctx), f"saves/objects-{uuid.uuid4().hex[:8]}"
+        root = ctx.wl.pack_src
+        paths = [Path(d) / n for d, _, names in os.walk(root) for n in names]
+
+        def put(path: Path) -> None:
+            client.put_object(Bucket=ctx.bucket, Key=f"{prefix}/{path.relative_to(root)}",
+                              Body=path.read_bytes())
+
+        def save() -> None:
+            with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+                for _ in pool.map(put, paths):
+                    pass
+
+        return [measure(save, files=ctx.wl.tree_files, nbytes=ctx.wl.tree_bytes,
+                        timeout=ctx.timeout)]
+
     def upload(self, ctx: Ctx) -> list[Sample]:
         key = f"bench-upload-{uuid.uuid4().hex[:8]}.bin"
         warm_page_cache(ctx.wl.write_src)
@@ -297,7 +364,20 @@ class TarZstSystem(ApiSystem):
     """Restore the tree the way CLI cache tools do: one tar.zst object, GET | zstd -d | tar x."""
 
     name = "tar.zst"
-    ops = {"cp_tree": "restore"}
+    ops = {"cp_tree": "restore", "read_part": "restore", "save_tree": "save"}
+
+    def save(self, ctx: Ctx) -> list[Sample]:
+        """``tar c | zstd -T0 -3`` to a file, then one multipart upload: what cache tools do."""
+        client = s3_client(ctx.server.endpoint, KEY_ID, SECRET, UPLOAD_WORKERS)
+        out = ctx.scratch.disk_dir("tarzst-save") / "tree.tar.zst"
+
+        def save() -> None:
+            make_archive(ctx.wl.local, out)
+            client.upload_file(str(out), ctx.bucket, f"saves/{uuid.uuid4().hex[:8]}.tar.zst")
+
+        s = measure(save, files=ctx.wl.tree_files, nbytes=ctx.wl.tree_bytes, timeout=ctx.timeout)
+        ctx.scratch.discard(out.parent)
+        return [s]
 
     def restore(self, ctx: Ctx) -> list[Sample]:
         dest = ctx.scratch.disk_dir("tarzst")
@@ -310,8 +390,8 @@ class TarZstSystem(ApiSystem):
 
 
 # Systems in the order they run and appear in the table; add variants here.
-SYSTEMS: tuple[type[System], ...] = (LocalSystem, CachefsSystem, Boto3System, TarZstSystem,
-                                     S3fsSystem, RcloneSystem)
+SYSTEMS: tuple[type[System], ...] = (LocalSystem, CachefsSystem, PackSystem, Boto3System,
+                                     TarZstSystem, S3fsSystem, RcloneSystem)
 
 
 # -- main -----------------------------------------------------------------------------------

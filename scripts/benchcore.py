@@ -9,6 +9,7 @@ means (a client) maps the name to a method in its ``ops``.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,10 @@ OP_INFO: dict[str, OpInfo] = {
                        files=False),
     "write_big": OpInfo("cp of a local file into the store (close returns once stored)",
                         mb=True, files=False),
+    "read_part": OpInfo("read every file of every 10th module (4 readers), what a build reads",
+                        mb=True, files=True),
+    "save_tree": OpInfo("put the whole tree into the store (pack / one PUT per file / tar.zst)",
+                        mb=True, files=True),
 }
 
 # (operation, state) -> baselines, each (system, state) from the same run. The ratio is
@@ -64,6 +69,8 @@ BASELINES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("read_big", "cold"): (("boto3", "cold"),),
     ("ttfb_big", "cold"): (("boto3", "cold"),),
     ("write_big", "cold"): (("boto3", "cold"),),
+    ("read_part", "cold"): (("tar.zst", "cold"), ("cachefs", "cold")),
+    ("save_tree", "cold"): (("boto3", "cold"), ("tar.zst", "cold")),
     **{(op, state): (("local", state),) for op in OP_INFO for state in ("warm", "hot")},
 }
 
@@ -209,6 +216,34 @@ def fs_write_big(t: Target, ctx: Ctx) -> list[Sample]:
     return [s]
 
 
+def fs_read_part(t: Target, ctx: Ctx) -> list[Sample]:
+    """``xargs -P4 cat`` over the chosen files: a build reading what it needs, in parallel."""
+    listing = ctx.scratch.disk_dir("part") / "files"
+    listing.write_bytes(b"".join(os.fsencode(t.root / TREE / p) + b"\0" for p in ctx.wl.part))
+    out: list[str] = []
+    s = measure(lambda: out.append(run(["xargs", "-0", "-P4", "-n64", "-a", listing, "cat"],
+                                       ctx.timeout, capture=True)),
+                t.pids, files=len(ctx.wl.part), nbytes=ctx.wl.part_bytes)
+    if s.ok and len(out[0].encode(errors="surrogateescape")) < ctx.wl.part_bytes // 2:
+        s.error = f"read {len(out[0])} characters of {ctx.wl.part_bytes} bytes"
+    say_downloaded(t.root, ctx)
+    ctx.scratch.discard(listing.parent)
+    return [s]
+
+
+def say_downloaded(path: Path, ctx: Ctx) -> None:
+    """Log how many bytes a cachefs mount has fetched from the store so far (its counters)."""
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    try:
+        stats = json.loads(os.getxattr(path, "user.cachefs.stats"))
+    except OSError:
+        return          # not a cachefs mount
+    counters = stats.get("counters", stats)
+    ctx.say(f"  {path.name}: {counters.get('bytes_from_store', 0) / 1e6:.1f} MB downloaded from "
+            "the store since mounting")
+
+
 @dataclass(frozen=True)
 class FsOp:
     fn: Callable[[Target, Ctx], list[Sample]]
@@ -223,6 +258,7 @@ FS_OPS: dict[str, FsOp] = {
     "read_big": FsOp(fs_read_big),
     "ttfb_big": FsOp(fs_ttfb_big),
     "write_big": FsOp(fs_write_big, states=("cold",), writes=True),
+    "read_part": FsOp(fs_read_part),
 }
 
 Record = Callable[[str, Sample], None]

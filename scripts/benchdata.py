@@ -21,6 +21,8 @@ from benchlib import UPLOAD_WORKERS, BenchError, KiB, MiB, kill_group, list_keys
 
 TREE = "gomod"           # key prefix (and local dir) of the small-file tree
 ARCHIVE_KEY = "archives/gomod.tar.zst"
+PACK_KEY = "packs/gomod"  # the tree as one cachefs pack; appears as the directory PACK_KEY/
+PART_EVERY = 10           # read_part reads every PART_EVERY-th module: what one build needs
 BIG_DIR = "big"
 SEED = 20240611          # one seed: the same workload on every run and every machine
 
@@ -44,6 +46,9 @@ class Workload:
     archive_bytes: int = 0
     write_src: Path = Path()
     write_bytes: int = 0
+    pack_src: Path = Path()     # holds only TREE/ (hard links): what `cachefs pack` is given
+    part: list[str] = field(default_factory=list)   # paths below TREE/ that read_part reads
+    part_bytes: int = 0
 
     def describe(self) -> str:
         big = f"{len(self.big)} x {self.big[0].size // MiB} MiB" if self.big else "none"
@@ -53,7 +58,9 @@ class Workload:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("local", "archive", "write_src"):
+        d.pop("part")
+        d["part_files"] = len(self.part)
+        for k in ("local", "archive", "write_src", "pack_src"):
             d[k] = str(d[k])
         return d
 
@@ -225,7 +232,27 @@ def build_workload(work: Path, n_files: int, n_big: int, big_size: int,
     wl.write_src = work / "write-src.bin"
     write_random(wl.write_src, write_size, rng)
     wl.write_bytes = write_size
+    wl.pack_src = work / "pack-src"
+    wl.pack_src.mkdir()
+    subprocess.run(["cp", "-al", str(tree), str(wl.pack_src / TREE)], check=True)
+    wl.part, wl.part_bytes = part_of_tree(tree)
     return wl
+
+
+def part_of_tree(tree: Path) -> tuple[list[str], int]:
+    """Every file of every PART_EVERY-th extracted module (``host/org/name@version/``), in
+    sorted order: the slice of a module cache one build reads. Returns (paths, bytes)."""
+    modules: dict[str, list[str]] = {}
+    for dirpath, _, names in os.walk(tree):
+        rel = Path(dirpath).relative_to(tree).parts
+        at = next((i for i, p in enumerate(rel) if "@" in p and not p.startswith("@")), None)
+        if at is None or rel[0] == "cache":
+            continue
+        module = "/".join(rel[:at + 1])
+        modules.setdefault(module, []).extend("/".join((*rel, n)) for n in names)
+    chosen = sorted(modules)[::PART_EVERY]
+    paths = sorted(p for m in chosen for p in modules[m])
+    return paths, sum((tree / p).stat().st_size for p in paths)
 
 
 def upload_workload(client: Any, bucket: str, wl: Workload) -> None:
