@@ -60,7 +60,9 @@ def manifest_entry(node: Node) -> dict[str, Any]:
         "type": node.kind.letter, "mode": node.mode, "uid": node.uid, "gid": node.gid,
         "mtime_ns": node.mtime_ns,
     }
-    if node.kind is not Kind.DIR:
+    if node.pack is True:  # a pack object, shown as a directory
+        entry.update(type="p", etag=node.etag, size=node.size)
+    elif node.kind is not Kind.DIR:
         entry["etag"] = node.etag
         entry["size"] = node.size  # the plain size, also for objects stored compressed
     if node.digest:

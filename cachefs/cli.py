@@ -324,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
           cachefs pack ~/go/pkg/mod s3://ci-cache/myproj/$KEY
           cachefs pack --store s3://ci-cache/myproj ~/go/pkg/mod $KEY
           cachefs mount --store s3://ci-cache/myproj --subtree $KEY ~/go/pkg/mod
+          go mod download                  # new modules land in a local layer over the pack
+          cachefs pack --from-mount ~/go/pkg/mod go-mod/$NEW_KEY   # uploads only what is new
+
+        With --from-mount, DIR is a pack in a running mount (the mount point of a --subtree
+        mount, or a pack directory in a bucket mount) and KEY is within that mount's --store:
+        the tree as the mount shows it, changes included, becomes a new pack whose unchanged
+        files point at the frames already stored, so only new content is uploaded.
 
         A pack holds a whole tree (files, directories, symlinks, modes, mtimes) in one
         object of independently compressed frames with a table of contents, so a mount
@@ -333,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "connections"])
     p.add_argument("directory", metavar="DIR")
     p.add_argument("key", metavar="KEY", help="s3://BUCKET/KEY, or KEY within --store")
+    p.add_argument("--from-mount", action="store_true",
+                   help="DIR is a mounted pack: save it, with its changes, as a new pack KEY")
     p.add_argument("--level", type=int, default=3, help="zstd level 1-22 (default 3)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 

@@ -225,6 +225,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     root = Path(args.directory)
     if not root.is_dir():
         raise Failure(f"{root} is not a directory")
+    if args.from_mount:
+        return _pack_from_mount(root, args.key, args.json)
     store, key, _ = _store_and_key(args, args.key)
     if isinstance(store, LocalStore):
         store.ensure()
@@ -245,6 +247,37 @@ def cmd_pack(args: argparse.Namespace) -> int:
     else:
         print(f"cachefs: packed {summary['files']} files ({human(summary['bytes_in'])}) into "
               f"{key}: {human(summary['bytes_stored'])} in {summary['frames']} frames, "
+              f"{summary['seconds']}s")
+    return OK
+
+
+def _pack_from_mount(root: Path, key: str, as_json: bool) -> int:
+    """Ask the mount holding ``root`` to save it as pack ``key`` (it knows the frames)."""
+    if "://" in key:
+        raise Failure(f"{key}: with --from-mount give a KEY within the mount's store (frames "
+                      "are shared within one bucket)")
+    mountpoint, rel = (root.absolute(), "") if os.path.ismount(root) else find_mount(root)
+    bar = Progress(f"saving {root} as {key}")
+    done = threading.Event()
+    watcher = threading.Thread(target=watch_transfer, args=(mountpoint, key, bar, done, "upload"),
+                               daemon=True)
+    watcher.start()
+    try:
+        os.setxattr(mountpoint, "user.cachefs.pack",
+                    json.dumps({"path": rel, "key": key}).encode())
+    except OSError as e:
+        raise Failure(f"{root}: not saved as {key}: {e.strerror}") from None
+    finally:
+        done.set()
+        watcher.join()
+        bar.close()
+    summary = mount_control(str(mountpoint), "packed")
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"cachefs: saved {root} as {summary['key']}: {summary['files']} files, "
+              f"{summary['frames_new']} new frames ({human(summary['bytes_stored'])} uploaded), "
+              f"{summary['frames_reused']} frames reused from stored packs, "
               f"{summary['seconds']}s")
     return OK
 

@@ -119,6 +119,9 @@ FIELDS: tuple[Field, ...] = (
     Field("read_only", parse_bool, lambda: False, "refuse every change with EROFS"),
     Field("writeback", parse_choice("sync", "async"), lambda: "sync",
           "sync: close() returns once the object is in the store; async: once it is journaled"),
+    Field("pack_idle", parse_seconds, lambda: 5.0,
+          "a NAME.pack directory written in the mount is sealed into one pack after this many "
+          "seconds without a change (0: only at cachefs sync and unmount)"),
     Field("timeout", parse_seconds, lambda: 30.0,
           "seconds a request may wait on the store or origin before failing with EIO"),
     Field("connections", parse_int, lambda: 16, "parallel connections to the store"),
@@ -179,6 +182,7 @@ class Config:
     metadata_ttl: float
     read_only: bool
     writeback: str
+    pack_idle: float
     timeout: float
     connections: int
     etag_check: bool

@@ -34,6 +34,7 @@ from .errors import (
     BucketNotFound,
     CacheFSError,
     ConfigError,
+    InvalidArgument,
     NotFound,
     StoreUnavailable,
 )
@@ -44,12 +45,13 @@ from .fuse_ops import FuseOps, KernelNotifier
 from .manifest import ManifestWriter
 from .metadata import MetadataCache
 from .metrics import Stats
+from .names import component_problem
 from .namespace import Namespace
 from .nodes import InodeTable
 from .origin import OriginClient
 from .packs import Packs
 from .prefetch import Prefetcher, warm
-from .store import Store, open_store
+from .store import Store, open_store, parse_store_url
 from .store.local import LocalStore
 from .writeback import WriteBack
 from .xattrs import Xattrs
@@ -189,7 +191,8 @@ class Daemon:
                           metadata=self.metadata, stats=self.stats, limiters=self.limiters,
                           options=Options(read_only=config.read_only,
                                           sync_writes=config.writeback == "sync",
-                                          timeout=config.timeout, ttl=config.metadata_ttl),
+                                          timeout=config.timeout, ttl=config.metadata_ttl,
+                                          pack_idle=config.pack_idle),
                           origins=self.origins,
                           packs=Packs(store, self.blobs, self.table, self.stats,
                                       s3=self.limiters.s3, cpu=self.limiters.cpu,
@@ -200,9 +203,11 @@ class Daemon:
         self.fs.on_read_open = self.prefetcher.opened
         self.subtree: subtree.Subtree | None = None
         self.last_warm: dict[str, int] = {}
+        self.last_pack: dict[str, Any] = {}
         self.last_verify: dict[str, Any] = {}
         self.xattrs = Xattrs(self.fs, self.control, validate_setting=validate_setting,
                              actions={"fetch": self._approve, "warm": self._warm,
+                                      "pack": self._pack_from_mount,
                                       "verify": self._verify})
         self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
 
@@ -252,6 +257,28 @@ class Daemon:
                                 op.digest for op in self.writeback.queue
                                 if op.digest and op.digest in bad)}
 
+    async def _pack_from_mount(self, request: str) -> None:
+        """``cachefs pack --from-mount``: save a mounted pack and its layer as a new pack."""
+        try:
+            doc = json.loads(request)
+            path, key = str(doc["path"]), str(doc["key"]).strip("/")
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument('expected {"path": ..., "key": ...}') from None
+        problems = [p for p in map(component_problem, key.split("/")) if p]
+        if not key or problems:
+            why = problems[0] if problems else "empty"
+            raise InvalidArgument(f"{key!r} is not a usable key ({why})")
+        node = await self.ns.resolve(path)
+        if node is None:
+            raise NotFound(f"{path or '/'}: no such directory")
+        base = parse_store_url(self.config.store).prefix.strip("/")
+        full = f"{base}/{key}" if base else key
+        self.last_pack = {}
+        started = time.monotonic()
+        summary = await self.fs.save_as(node, full)
+        self.last_pack = {"key": full, "seconds": round(time.monotonic() - started, 2),
+                          **summary}
+
     async def _warm(self, path: str) -> None:
         node = await self.ns.resolve(path)
         if node is None:
@@ -280,6 +307,8 @@ class Daemon:
             return self.mount_info()
         if name == "warmed":
             return self.last_warm
+        if name == "packed":
+            return self.last_pack
         if name == "verified":
             return self.last_verify
         if name == "keys":
@@ -308,6 +337,7 @@ class Daemon:
         while True:
             await trio.sleep(FLUSH_INTERVAL)
             try:
+                await self.fs.seal_idle()
                 await self.fs.flush_index()
             except Exception:
                 log.exception("writing the cache index failed")
@@ -352,6 +382,7 @@ class Daemon:
             await services.start(self.manifests.run)
             await services.start(self.prefetcher.run)
             services.start_soon(self._housekeeping)
+            services.start_soon(self.fs.recover_builds)
             services.start_soon(self._watch_store)
             try:
                 yield services
@@ -361,8 +392,12 @@ class Daemon:
                     await self.origin_client.aclose()
 
     async def finish(self) -> None:
-        """After the mount is gone: give pending uploads a last chance, save the index."""
+        """After the mount is gone: seal NAME.pack directories, give pending uploads a last
+        chance, save the index."""
         with trio.move_on_after(DRAIN_GRACE):
+            for error in await self.fs.seal_all():
+                log.error("not sealed: %s (its files stay in the cache dir, sealed at the "
+                          "next mount)", error)
             failed = await self.writeback.drain(attempts=2)
             if failed:
                 log.warning("%d upload(s) left for the next mount with this cache dir",
@@ -437,6 +472,8 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
                 root = daemon.table.root
                 root.pack = "tar.zst" if chosen.prefix.endswith(".tar.zst") else True
                 root.etag, root.size = chosen.pack.etag, chosen.pack.size
+                # a build may add to a mounted pack: changes go to a local layer
+                daemon.fs.overlay_root = root.pack is True and not config.read_only
             daemon.subtree = chosen
             daemon.start()
             store_url = store.url + ("/" + prefix.rstrip("/") if prefix else "")

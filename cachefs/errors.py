@@ -90,6 +90,12 @@ class Unsupported(CacheFSError):
     errno = errno.EOPNOTSUPP
 
 
+class CrossDevice(CacheFSError):
+    """A rename between layers that cannot hold the same file (EXDEV: mv copies instead)."""
+
+    errno = errno.EXDEV
+
+
 class InvalidArgument(CacheFSError):
     errno = errno.EINVAL
 

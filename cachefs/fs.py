@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from . import attrs as attrs_mod
-from . import tarpack
+from . import packbuild, tarpack
 from .blobs import BlobReader, BlobTier
 from .core import CoreState, Limiters, Options
 from .errors import (
@@ -30,6 +30,7 @@ from .errors import (
 )
 from .fallback import OriginFallback
 from .fetch import SMALL, Fetch, Fetcher
+from .fsbuild import BUILDING, Building, PackBuildOps
 from .fstree import TreeOps
 from .fswrite import WriteOps
 from .handles import ReadHandle, WriteHandle
@@ -47,11 +48,12 @@ log = logging.getLogger(__name__)
 __all__ = ["CacheFS", "Limiters", "Options"]
 
 
-class CacheFS(WriteOps, TreeOps, CoreState):
+class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
     def __init__(self, *, ns: Namespace, table: InodeTable, blobs: BlobTier, fetcher: Fetcher,
                  writeback: WriteBack, manifests: ManifestWriter, metadata: MetadataCache,
                  stats: Stats, limiters: Limiters, options: Options,
-                 origins: OriginFallback | None = None, packs: Packs | None = None) -> None:
+                 origins: OriginFallback | None = None, packs: Packs | None = None,
+                 build_dir: Path | None = None) -> None:
         self.ns = ns
         self.table = table
         self.blobs = blobs
@@ -74,6 +76,11 @@ class CacheFS(WriteOps, TreeOps, CoreState):
         #: told about every open for reading (prefetch.Prefetcher), set by the daemon
         self.on_read_open: Callable[[Node], None] = lambda node: None
         self._origin_uploads: dict[str, Op] = {}
+        self.building: dict[int, Building] = {}
+        self.overlay_root = False
+        self.pack_idle = options.pack_idle
+        self.build_dir = build_dir or blobs.root.parent / packbuild.LOG_DIR
+        self.build_dir.mkdir(mode=0o700, exist_ok=True)
         writeback.on_complete = self._op_done
         fetcher.on_info = self._object_info
         fetcher.after_origin = self._origin_done
@@ -302,12 +309,20 @@ class CacheFS(WriteOps, TreeOps, CoreState):
             raise ReadOnly("the store was unreachable when this mount started: it is a "
                            "read-only view of what is cached until the store comes back")
         for node in nodes:
+            self.open_overlay(node)
             if self.in_pack(node):
                 raise ReadOnly(f"{node.path() or '/'} is inside a pack, which is read-only")
 
     @staticmethod
     def in_pack(node: Node) -> bool:
-        return node.pack is not None or any(a.pack is not None for a in node.ancestors())
+        """Inside a read-only pack (a NAME.pack being built, or a layer over a mounted pack,
+        is writable: the nearest pack-like directory decides)."""
+        for n in (node, *node.ancestors()):
+            if n.pack == BUILDING:
+                return False
+            if n.kind is Kind.DIR and n.pack is not None:
+                return True
+        return False
 
     async def _load_pack(self, directory: Node) -> None:
         assert self.packs is not None
@@ -337,7 +352,9 @@ class CacheFS(WriteOps, TreeOps, CoreState):
         return None
 
     async def sync(self) -> dict[str, Any]:
-        """Wait until everything written is in the store; report what kept failing."""
+        """Seal NAME.pack directories, wait until everything written is in the store; report
+        what kept failing."""
+        seal_errors = await self.seal_all()
         for handle in list(self.handles.values()):
             if isinstance(handle, WriteHandle) and handle.staging.dirty:
                 try:
@@ -355,6 +372,7 @@ class CacheFS(WriteOps, TreeOps, CoreState):
             "pending": len(self.wb.queue),
             "failed": [op.describe() for op in failed],
             "manifest_error": manifest_error,
+            "seal_errors": seal_errors,
         }
 
     async def flush_index(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from . import attrs as attrs_mod
-from .core import CoreState
+from . import packbuild
 from .errors import (
     CacheFSError,
     Exists,
@@ -20,13 +20,14 @@ from .errors import (
     NotEmpty,
     NotFound,
 )
+from .fsbuild import BUILDING, PackBuildOps
 from .manifest import manifest_key
 from .nodes import Kind, Node, now_ns
 
 log = logging.getLogger(__name__)
 
 
-class TreeOps(CoreState):
+class TreeOps(PackBuildOps):
     async def _absent(self, parent: Node, name: str) -> None:
         if await self.ns.lookup(parent, name) is not None:
             raise Exists(f"{parent.path()}/{name}".lstrip("/"))
@@ -34,9 +35,15 @@ class TreeOps(CoreState):
     def _attach(self, parent: Node, node: Node) -> None:
         assert parent.children is not None
         parent.children[node.name] = node
-        self.manifests.mark(parent.path(), node.name)
-        self.metadata.mark(parent)
+        self._note(parent, node.name)
         parent.touch()
+
+    def _note(self, parent: Node, name: str) -> None:
+        """``parent``'s entry ``name`` changed: its manifest and the listing cache follow
+        (not below a NAME.pack being built: that tree is only ever stored as the pack)."""
+        if self.building_of(parent) is None:
+            self.manifests.mark(parent.path(), name)
+            self.metadata.mark(parent)
 
     async def create(self, parent: Node, name: str, mode: int, flags: int,
                      uid: int, gid: int) -> tuple[Node, int]:
@@ -57,6 +64,15 @@ class TreeOps(CoreState):
         node = self.table.new(Kind.DIR, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), children={}, listed_at=self.ns.clock(),
                               attrs_from="local")
+        building = self.building_of(parent)
+        if building is not None or packbuild.is_pack_name(name):
+            node.listed_at = float("inf")  # lives here only until sealed: never listed
+            if building is None:
+                await self.build_start(node)
+            self._attach(parent, node)
+            if building is not None:
+                await self.build_put(building, node)
+            return node
         marker = self.ns.dir_prefix(parent) + name + "/"
         await self._submit_and_wait(None, "put", marker,
                                     meta=attrs_mod.object_metadata(node))
@@ -69,6 +85,11 @@ class TreeOps(CoreState):
         node = self.table.new(Kind.LINK, name, parent, mode=0o777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), target=target, size=len(target.encode()),
                               source="local", attrs_from="local")
+        building = self.building_of(parent)
+        if building is not None:
+            self._attach(parent, node)
+            await self.build_put(building, node)
+            return node
         meta = attrs_mod.object_metadata(node)
         meta["cachefs-body"] = target
         await self._submit_and_wait(node, "put", self.ns.key(node), meta=meta)
@@ -82,7 +103,11 @@ class TreeOps(CoreState):
             raise NotFound(name)
         if node.kind is Kind.DIR:
             raise IsADirectory(name)
-        await self._submit_and_wait(None, "delete", self.ns.key(node))
+        building = self.building_of(parent)
+        if building is not None:
+            await self.build_remove(building, node)
+        else:
+            await self._submit_and_wait(None, "delete", self.ns.key(node))
         self._remove(parent, name, node)
 
     def _remove(self, parent: Node, name: str, node: Node) -> None:
@@ -90,8 +115,7 @@ class TreeOps(CoreState):
         if parent.children.get(name) is node:
             del parent.children[name]
         self.table.detach(node)
-        self.manifests.mark(parent.path(), name)
-        self.metadata.mark(parent)
+        self._note(parent, name)
         parent.touch()
 
     async def rmdir(self, parent: Node, name: str) -> None:
@@ -103,6 +127,17 @@ class TreeOps(CoreState):
             raise NotADirectory(name)
         if await self.ns.children(node):
             raise NotEmpty(name)
+        if node.pack == BUILDING:  # an empty NAME.pack: nothing was stored, nothing to seal
+            dropped = self.building.pop(node.ino, None)
+            if dropped is not None and dropped.log is not None:
+                await trio.to_thread.run_sync(dropped.log.discard, limiter=self.limits.disk)
+            self._remove(parent, name, node)
+            return
+        building = self.building_of(parent)
+        if building is not None:
+            await self.build_remove(building, node)
+            self._remove(parent, name, node)
+            return
         prefix = self.ns.dir_prefix(node)
         await self._submit_and_wait(None, "delete", manifest_key(self.ns.prefix, node.path()))
         await self._submit_and_wait(None, "delete", prefix)
@@ -117,6 +152,12 @@ class TreeOps(CoreState):
             raise NotFound(old_name)
         if new_parent is node or node in new_parent.ancestors():
             raise InvalidArgument("cannot move a directory into itself")
+        self.check_same_layer(old_parent, new_parent, node)
+        building = self.building_of(node)
+        if building is not None:
+            await self._rename_in_build(building, old_parent, old_name, node, new_parent,
+                                        new_name, noreplace)
+            return
         target = await self.ns.lookup(new_parent, new_name)
         if target is node:
             return
@@ -146,13 +187,32 @@ class TreeOps(CoreState):
             self.manifests.moved(old_path, node.path())
             self._mark_tree(node)
 
+    async def _rename_in_build(self, b: Any, old_parent: Node, old_name: str, node: Node,
+                               new_parent: Node, new_name: str, noreplace: bool) -> None:
+        """A rename inside a NAME.pack being built: only the tree here and its log change."""
+        target = await self.ns.lookup(new_parent, new_name)
+        if target is node:
+            return
+        if target is not None:
+            if noreplace:
+                raise Exists(new_name)
+            if (target.kind is Kind.DIR) != (node.kind is Kind.DIR):
+                raise IsADirectory(new_name) if target.kind is Kind.DIR \
+                    else NotADirectory(new_name)
+            if target.kind is Kind.DIR and target.children:
+                raise NotEmpty(new_name)
+            await self.build_remove(b, target)
+            self._remove(new_parent, new_name, target)
+        old_rel = self._rel(b, node)
+        self._move_node(old_parent, old_name, node, new_parent, new_name)
+        await self.build_moved(b, node, old_rel)
+
     def _move_node(self, old_parent: Node, old_name: str, node: Node, new_parent: Node,
                    new_name: str) -> None:
         assert old_parent.children is not None and new_parent.children is not None
         if old_parent.children.get(old_name) is node:
             del old_parent.children[old_name]
-        self.manifests.mark(old_parent.path(), old_name)
-        self.metadata.mark(old_parent)
+        self._note(old_parent, old_name)
         old_parent.touch()
         node.name, node.parent = new_name, new_parent
         node.ctime_ns = now_ns()

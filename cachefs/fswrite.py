@@ -12,17 +12,19 @@ import trio
 
 from . import attrs as attrs_mod
 from .blobs import BLOCK, DigestBuilder, digest_fd
-from .core import STREAM_THRESHOLD, CoreState
-from .errors import CacheFSError, InvalidArgument, NoSpace, NotPermitted
+from .core import STREAM_THRESHOLD
+from .errors import CacheFSError, InvalidArgument, NoSpace, NotPermitted, ReadOnly
+from .fsbuild import SEALING, PackBuildOps
 from .handles import Staging, WriteHandle
 from .integrity import combine_units, crc_unit, encode_crcs, file_crcs
 from .nodes import Kind, Node, now_ns
+from .packs import PackFile
 from .writeback import Op
 
 log = logging.getLogger(__name__)
 
 
-class WriteOps(CoreState):
+class WriteOps(PackBuildOps):
     async def _open_write(self, node: Node, truncate: bool, readable: bool) -> WriteHandle:
         staging = node.staging
         if staging is None:
@@ -44,6 +46,8 @@ class WriteOps(CoreState):
         source = None
         if copy and node.size > 0:
             source = self.local_digest(node)
+            if source is None and isinstance(node.pack, PackFile):
+                source = await self.pack_file_blob(node)  # a change to a pack file: copy up
             if source is None and node.etag is not None:
                 source = await self._fetch_whole(node)
             if source is None:
@@ -230,14 +234,23 @@ class WriteOps(CoreState):
                     digest_fd, staging.fd, None, limiter=self.limits.cpu)
             self._drop_stream(staging)
             staging.hasher = None
+            building = self.building_of(node)
+            if building is None and self.in_pack(node):
+                raise ReadOnly(f"{node.path()}: its NAME.pack directory was sealed while the "
+                               "file was open; what was written after that is not saved")
             # In sync mode the upload makes it durable before close() returns; only a
-            # journaled (async) close needs it on local disk first.
+            # journaled (async) close, or a file kept for a pack, needs it on local disk first.
             await self.blobs.commit(staging.path, digest, size, crcs,
-                                    durable=not self.opts.sync_writes)
+                                    durable=not self.opts.sync_writes or building is not None)
             staging.sealed = True
             staging.path = self.blobs.path(digest)
             node.digest, node.size, node.etag = digest, size, None
             node.source, node.attrs_from = "local", "local"
+            if building is not None:  # kept for the pack: logged, not uploaded
+                node.pack = None  # no longer the pack's version of the file
+                await self.build_put(building, node)
+                staging.error = ""
+                return
             meta = attrs_mod.object_metadata(node, digest)
             meta["cachefs-crc"] = await self._crc_meta(digest, size)
             op = await self.wb.submit("put", self.ns.key(node), digest=digest, size=size,
@@ -296,6 +309,9 @@ class WriteOps(CoreState):
             node = self.ns.find_key(op.key)
         if node is None or op.superseded or op.info is None or node.parent is None:
             return
+        if node.pack == SEALING and op.kind == "put" and self.ns.key(node) == op.key:
+            self.pack_uploaded(node, op)
+            return
         if self.ns.key(node) == op.key and node.kind is not Kind.DIR and \
                 (op.kind != "put" or node.digest == op.digest):
             node.etag = op.info.etag
@@ -345,7 +361,11 @@ class WriteOps(CoreState):
             node.mtime_ns, changed = mtime_ns, True
         if changed:
             node.ctime_ns = now_ns()
-            self._attrs_changed(node)
+            building = self.building_of(node)
+            if building is None:
+                self._attrs_changed(node)
+            elif node is not building.node and (node.kind is not Kind.FILE or node.digest):
+                await self.build_put(building, node)
         return node
 
     def _attrs_changed(self, node: Node) -> None:

@@ -390,6 +390,8 @@ class Namespace:
         journaled: one remembered from before a crash, half-written, must not hide the store."""
         if node.staging is not None or node.pending > 0:
             return True
+        if node.pack in ("building", "sealing"):  # a NAME.pack written here, not yet stored
+            return True
         if node.pack == "tar.zst" and node.name.endswith(".d") and node.parent is not None:
             # an archive shown as a directory: as long as the archive is there, unchanged
             archive = (node.parent.children or {}).get(node.name[:-2])
@@ -428,8 +430,9 @@ class Namespace:
                 setattr(self.root, name, saved[name])
 
     def invalidate(self, directory: Node) -> None:
-        """Force the next access to list ``directory`` again."""
-        directory.listed_at = 0.0
+        """Force the next access to list ``directory`` again (not one that is never listed)."""
+        if directory.listed_at != float("inf"):
+            directory.listed_at = 0.0
 
     def invalidate_all(self) -> None:
         """Every listing is checked again at its next access (the store came back)."""

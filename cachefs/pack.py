@@ -20,13 +20,17 @@ import hashlib
 import json
 import struct
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from . import codec
 from .errors import ChecksumMismatch, InvalidArgument
 
 MAGIC = b"CFSPACK\x00"
-VERSION = 1
+#: 1: every frame is in the pack itself; 2: frames may live in other packs ("sources"), so a
+#: new version of a tree uploads only the frames that changed. Readers accept both; a pack with
+#: no outside frames is still written as version 1.
+VERSION = 2
+VERSIONS = (1, 2)
 #: magic, version, flags, toc offset, toc compressed size, toc size, toc SHA-256
 TRAILER = struct.Struct(">8sIIQQQ32s")
 #: bytes of file data per frame: small enough that reading one file fetches little, large
@@ -41,6 +45,8 @@ class Frame:
     clen: int
     ulen: int
     sha256: str
+    #: 0: in this pack; n > 0: in the pack ``Toc.sources[n - 1]`` (at offset, clen there)
+    source: int = 0
 
 
 @dataclasses.dataclass
@@ -60,26 +66,39 @@ class Entry:
 class Toc:
     frames: list[Frame]
     entries: list[Entry]
+    #: other pack objects holding some of the frames: (key, ETag) — version 2 only
+    sources: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        return 2 if self.sources else 1
 
     def encode(self) -> bytes:
-        doc = {
-            "format": FORMAT, "version": VERSION,
-            "frames": [[f.offset, f.clen, f.ulen, f.sha256] for f in self.frames],
+        doc: dict[str, Any] = {
+            "format": FORMAT, "version": self.version,
+            "frames": [[f.offset, f.clen, f.ulen, f.sha256] + ([f.source] if f.source else [])
+                       for f in self.frames],
             "entries": [_entry_json(e) for e in self.entries],
         }
+        if self.sources:
+            doc["sources"] = [list(s) for s in self.sources]
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Toc:
         try:
             doc = json.loads(data)
-            if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-                raise InvalidArgument(f"not a version {VERSION} pack")
+            if doc.get("format") != FORMAT or doc.get("version") not in VERSIONS:
+                raise InvalidArgument(f"pack version {doc.get('version')} is not supported "
+                                      f"(this reads {', '.join(map(str, VERSIONS))})")
             frames = [Frame(*f) for f in doc["frames"]]
             entries = [_entry_from_json(e) for e in doc["entries"]]
+            sources = [(str(k), str(e)) for k, e in doc.get("sources", [])]
+            if any(not 0 <= f.source <= len(sources) for f in frames):
+                raise ValueError("a frame names a source pack that is not listed")
         except (ValueError, KeyError, TypeError) as e:
             raise ChecksumMismatch(f"pack table of contents is damaged: {e}") from None
-        return cls(frames, entries)
+        return cls(frames, entries, sources)
 
 
 def _entry_json(e: Entry) -> dict[str, Any]:
@@ -97,8 +116,9 @@ def _entry_from_json(doc: dict[str, Any]) -> Entry:
                  doc.get("l"))
 
 
-def encode_trailer(toc_offset: int, toc_clen: int, toc_ulen: int, toc_sha: str) -> bytes:
-    return TRAILER.pack(MAGIC, VERSION, 0, toc_offset, toc_clen, toc_ulen,
+def encode_trailer(toc_offset: int, toc_clen: int, toc_ulen: int, toc_sha: str,
+                   version: int = 1) -> bytes:
+    return TRAILER.pack(MAGIC, version, 0, toc_offset, toc_clen, toc_ulen,
                         bytes.fromhex(toc_sha))
 
 
@@ -109,8 +129,9 @@ def decode_trailer(data: bytes) -> tuple[int, int, int, str]:
     magic, version, _flags, offset, clen, ulen, sha = TRAILER.unpack(data[-TRAILER.size:])
     if magic != MAGIC:
         raise InvalidArgument("not a cachefs pack (no trailer)")
-    if version != VERSION:
-        raise InvalidArgument(f"pack version {version} is not supported (this is {VERSION})")
+    if version not in VERSIONS:
+        raise InvalidArgument(f"pack version {version} is not supported (this reads "
+                              f"{', '.join(map(str, VERSIONS))})")
     return offset, clen, ulen, sha.hex()
 
 
@@ -119,6 +140,10 @@ def decode_toc(compressed: bytes, ulen: int, sha: str) -> Toc:
     if hashlib.sha256(data).hexdigest() != sha:
         raise ChecksumMismatch("pack table of contents does not match its digest")
     return Toc.decode(data)
+
+
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
 
 
 class PackBuilder:
@@ -142,6 +167,10 @@ class PackBuilder:
         self._pending: collections.deque[tuple[int, concurrent.futures.Future[bytes]]] = \
             collections.deque()
         self._by_digest: dict[str, list[tuple[int, int, int]]] = {}
+        #: frames of other packs: (source number, frame index there) -> index here
+        self._sources: dict[tuple[str, str], int] = {}
+        self._outside: dict[tuple[int, int], int] = {}
+        self.reused = 0  # frames of other packs pointed at
 
     # -- entries -------------------------------------------------------------------------------
 
@@ -169,7 +198,7 @@ class PackBuilder:
         self._by_digest[digest] = entry.extents
 
     def add_large_file(self, path: str, mode: int, mtime_ns: int, digest: str, size: int,
-                       source: BinaryIO) -> None:
+                       source: Readable) -> None:
         """A file read in FRAME_TARGET pieces, each its own frame (``digest`` known before)."""
         entry = Entry(path, "f", mode, mtime_ns, size, digest)
         self.entries.append(entry)
@@ -187,6 +216,33 @@ class PackBuilder:
             self._buffer += chunk
             self._close_frame()
             remaining -= len(chunk)
+        self._by_digest[digest] = entry.extents
+
+    def add_stored_file(self, path: str, mode: int, mtime_ns: int, size: int, digest: str,
+                        extents: list[tuple[int, int, int]], toc: Toc,
+                        holder: tuple[str, str]) -> None:
+        """A file whose bytes are already stored in the pack ``holder`` (key, ETag) with table
+        ``toc``: the new pack points at those frames (where they really live, for a pack that
+        itself points elsewhere) instead of holding them again."""
+        entry = Entry(path, "f", mode, mtime_ns, size, digest)
+        self.entries.append(entry)
+        self.bytes_in += size
+        if digest in self._by_digest:
+            entry.extents = list(self._by_digest[digest])
+            return
+        for index, start, length in extents:
+            old = toc.frames[index]
+            source = holder if old.source == 0 else toc.sources[old.source - 1]
+            if source not in self._sources:
+                self._sources[source] = len(self._sources) + 1
+            src = self._sources[source]
+            mapped = self._outside.get((src, old.offset))
+            if mapped is None:
+                self._close_frame()  # the open frame's index is taken by files already added
+                mapped = self._outside[(src, old.offset)] = len(self.frames)
+                self.frames.append(Frame(old.offset, old.clen, old.ulen, old.sha256, src))
+                self.reused += 1
+            entry.extents.append((mapped, start, length))
         self._by_digest[digest] = entry.extents
 
     # -- frames --------------------------------------------------------------------------------
@@ -220,12 +276,12 @@ class PackBuilder:
         self._close_frame()
         while self._pending:
             self._write_oldest()
-        toc = Toc(self.frames, self.entries)
+        toc = Toc(self.frames, self.entries, sorted(self._sources, key=self._sources.__getitem__))
         raw = toc.encode()
         compressed = codec.compress(raw, self.level)
         toc_offset = self.offset
         self.sink(compressed)
         self.sink(encode_trailer(toc_offset, len(compressed), len(raw),
-                                 hashlib.sha256(raw).hexdigest()))
+                                 hashlib.sha256(raw).hexdigest(), toc.version))
         self.offset += len(compressed) + TRAILER.size
         return toc

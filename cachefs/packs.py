@@ -249,8 +249,13 @@ class Packs:
                                        "different bytes than when it was indexed")
             return
 
+        holder = pack.ref
+        if frame.source:  # stored in an earlier pack this one builds on
+            key, etag = pack.toc.sources[frame.source - 1]
+            holder = PackRef(key, etag, 0)
+
         def fetch() -> bytes:
-            compressed = self._range(pack.ref, frame.offset, frame.clen)
+            compressed = self._range(holder, frame.offset, frame.clen)
             return compressed
 
         compressed = await self._retrying(f"frame {index} of {pack.ref.key}", fetch)

@@ -400,7 +400,8 @@ class WriteBack:
                                     "it could be uploaded (the file is lost)")
             op.replayed = False
         temp = None
-        if self.compress_level is not None and op.size >= COMPRESS_MIN:
+        if self.compress_level is not None and op.size >= COMPRESS_MIN and \
+                "cachefs-pack" not in meta:  # a pack's frames are compressed already
             temp = self.blobs.new_temp_path("z")
             extra, size = await trio.to_thread.run_sync(self._compress, path, temp, op.size,
                                                         limiter=self.cpu)

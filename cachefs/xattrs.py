@@ -18,7 +18,9 @@ from .nodes import Kind, Node
 NS = "user.cachefs."
 #: control names answered by the mount root
 CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config", "keys", "subtree",
-           "warmed", "verified")
+           "warmed", "verified", "packed")
+#: actions that work on read-only mounts and mounted packs too (fetch approves origin uploads)
+READ_ACTIONS = ("warm", "verify", "pack")
 #: settings a directory carries for everything below it (issue: origin fallback)
 DIR_SETTINGS = ("origin", "origin-fetch", "checksums")
 MAX_VALUE = 16 << 10
@@ -82,6 +84,12 @@ class Xattrs:
     async def set(self, node: Node, name: str, value: bytes) -> None:
         if not name.startswith("user."):
             raise Unsupported(f"only user.* extended attributes are kept ({name})")
+        short = name[len(NS):] if name.startswith(NS) else ""
+        if node is self.fs.table.root and short in self.actions and short in READ_ACTIONS:
+            if len(value) > MAX_VALUE:  # these change nothing the mount shows
+                raise InvalidArgument(f"{name}: value longer than {MAX_VALUE} bytes")
+            await self.actions[short](value.decode("utf-8", "replace"))
+            return
         if self.fs.opts.read_only or self.fs.in_pack(node):
             raise ReadOnly("the mount (or this pack) is read-only")
         if len(value) > MAX_VALUE:
