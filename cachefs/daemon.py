@@ -398,6 +398,9 @@ class Daemon:
             for error in await self.fs.seal_all():
                 log.error("not sealed: %s (its files stay in the cache dir, sealed at the "
                           "next mount)", error)
+            if any(b.overlay for b in self.fs.building.values()):
+                log.warning("the changes made over the mounted pack were not saved with "
+                            "cachefs pack --from-mount: they are discarded")
             failed = await self.writeback.drain(attempts=2)
             if failed:
                 log.warning("%d upload(s) left for the next mount with this cache dir",

@@ -73,6 +73,11 @@ class Database:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+            if isinstance(result, sqlite3.Cursor):
+                # A cursor must not outlive the lock: freed later on another thread, it resets
+                # its statement while a worker uses the connection (SQLITE_MISUSE).
+                result.close()
+                return None  # type: ignore[return-value]
             return result
 
     def script(self, sql: str) -> None:

@@ -105,6 +105,9 @@ class ManifestWriter:
             except CacheFSError as e:
                 log.warning("writing directory manifests failed (retry in %.0fs): %s", delay, e)
                 delay = min(delay * 2, 60.0)
+            except Exception:  # never take the mount down for a manifest
+                log.exception("writing directory manifests failed (retry in %.0fs)", delay)
+                delay = min(delay * 2, 60.0)
 
     async def flush(self) -> None:
         """Write every pending change now."""

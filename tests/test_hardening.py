@@ -190,3 +190,16 @@ def test_64_concurrent_readers_stay_bounded(seaweed: SeaweedFS, bucket: str,
     assert peak["rss"] < 512
     assert peak["fetches"] <= 65
     subprocess.run(["true"])
+
+
+def test_index_cursors_never_escape_its_lock(tmp_path: Path) -> None:
+    """A cursor returned from a transaction would be freed later on another thread, resetting
+    its statement while a worker uses the connection (SQLITE_MISUSE took a mount down in the
+    go mod download benchmark): the index closes it inside its lock."""
+    from cachefs.db import Database
+
+    db = Database(tmp_path / "index.db")
+    db.script("CREATE TABLE t (x INTEGER)")
+    assert db.call(lambda c: c.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])) is None
+    assert db.call(lambda c: c.execute("SELECT count(*) FROM t").fetchone())[0] == 2
+    db.close()
