@@ -190,6 +190,8 @@ class PackSystem(CachefsSystem):
         self.packed = False
 
     def states(self, op: str) -> tuple[str, ...]:
+        if op in ("read_big", "ttfb_big"):  # the pack holds the tree only
+            return ()
         return ("cold",) if op == "save_tree" else super().states(op)
 
     def run(self, op: str, ctx: Ctx, record: Record) -> None:
