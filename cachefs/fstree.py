@@ -20,7 +20,7 @@ from .errors import (
     NotEmpty,
     NotFound,
 )
-from .fsbuild import BUILDING, PackBuildOps
+from .fsbuild import BUILDING, Building, PackBuildOps
 from .manifest import manifest_key
 from .nodes import Kind, Node, now_ns
 
@@ -158,19 +158,9 @@ class TreeOps(PackBuildOps):
             await self._rename_in_build(building, old_parent, old_name, node, new_parent,
                                         new_name, noreplace)
             return
-        target = await self.ns.lookup(new_parent, new_name)
+        target = await self._rename_target(node, new_parent, new_name, noreplace)
         if target is node:
             return
-        if target is not None:
-            if noreplace:
-                raise Exists(new_name)
-            if target.kind is Kind.DIR:
-                if node.kind is not Kind.DIR:
-                    raise IsADirectory(new_name)
-                if await self.ns.children(target):
-                    raise NotEmpty(new_name)
-            elif node.kind is Kind.DIR:
-                raise NotADirectory(new_name)
         if target is not None and target.kind is Kind.DIR:
             await self.rmdir(new_parent, new_name)
         new_base = self.ns.dir_prefix(new_parent) + new_name
@@ -187,20 +177,31 @@ class TreeOps(PackBuildOps):
             self.manifests.moved(old_path, node.path())
             self._mark_tree(node)
 
-    async def _rename_in_build(self, b: Any, old_parent: Node, old_name: str, node: Node,
+    async def _rename_target(self, node: Node, new_parent: Node, new_name: str,
+                             noreplace: bool) -> Node | None:
+        """What a rename of ``node`` would replace (``node`` itself: nothing to do), after
+        POSIX's checks: a directory only replaces an empty directory, a file only a file."""
+        target = await self.ns.lookup(new_parent, new_name)
+        if target is None or target is node:
+            return target
+        if noreplace:
+            raise Exists(new_name)
+        if target.kind is Kind.DIR:
+            if node.kind is not Kind.DIR:
+                raise IsADirectory(new_name)
+            if await self.ns.children(target):
+                raise NotEmpty(new_name)
+        elif node.kind is Kind.DIR:
+            raise NotADirectory(new_name)
+        return target
+
+    async def _rename_in_build(self, b: Building, old_parent: Node, old_name: str, node: Node,
                                new_parent: Node, new_name: str, noreplace: bool) -> None:
         """A rename inside a NAME.pack being built: only the tree here and its log change."""
-        target = await self.ns.lookup(new_parent, new_name)
+        target = await self._rename_target(node, new_parent, new_name, noreplace)
         if target is node:
             return
         if target is not None:
-            if noreplace:
-                raise Exists(new_name)
-            if (target.kind is Kind.DIR) != (node.kind is Kind.DIR):
-                raise IsADirectory(new_name) if target.kind is Kind.DIR \
-                    else NotADirectory(new_name)
-            if target.kind is Kind.DIR and target.children:
-                raise NotEmpty(new_name)
             await self.build_remove(b, target)
             self._remove(new_parent, new_name, target)
         old_rel = self._rel(b, node)

@@ -72,6 +72,10 @@ def test_pack_dir_in_mount_becomes_one_object(seaweed: SeaweedFS, bucket: str,
     os.rename(target / "sub/many000.txt", target / "sub/renamed.txt")
     os.rename(target / "dir with spaces", target / "moved dir")
     os.unlink(target / "sub/many001.txt")
+    os.replace(target / "sub/many004.txt", target / "sub/many008.txt")    # over another file
+    with pytest.raises(OSError) as info:
+        os.rename(target / "sub", target / "moved dir")                    # onto a non-empty dir
+    assert info.value.errno == errno.ENOTEMPTY
     os.chmod(target / "sub/many002.txt", 0o600)
     (target / "sub/many003.txt").write_text("rewritten\n")
     (target / "gone").mkdir()
