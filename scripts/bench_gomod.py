@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchcore import MOUNT_WAIT, fuse_unmount, kill_pid, wait_gone  # noqa: E402
+from benchcore import CliMount  # noqa: E402
 from benchlib import (  # noqa: E402
     BenchError,
     Sample,
@@ -50,7 +50,6 @@ from tests.goproxy import _module, go_env, make_app, make_proxy  # noqa: E402
 from tests.servers import KEY_ID, SECRET, SeaweedFS  # noqa: E402
 
 ROWS = {"local disk": None, "cachefs sync": "sync", "cachefs async": "async"}
-CACHEFS = [sys.executable, "-m", "cachefs"]
 
 
 def run(argv: list[str], timeout: float, env: dict[str, str], cwd: Path = ROOT) -> str:
@@ -64,34 +63,6 @@ def run(argv: list[str], timeout: float, env: dict[str, str], cwd: Path = ROOT) 
         tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
         raise BenchError(f"{' '.join(argv[:4])} exited {r.returncode}: {tail}")
     return r.stdout
-
-
-class Mount:
-    """One ``cachefs mount`` at a time on one mount point; the daemon's PID from its xattr."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.env = path, dict(os.environ)
-        self.pid: int | None = None
-        path.mkdir(parents=True, exist_ok=True)
-
-    def start(self, bucket: str, cache: Path, mode: str) -> None:
-        run([*CACHEFS, "mount", "--store", f"s3://{bucket}", "--cache-dir", str(cache),
-             "--writeback", mode, str(self.path)], MOUNT_WAIT + 60, self.env)
-        self.pid = int(os.getxattr(self.path, "user.cachefs.pid"))
-
-    def stop(self) -> None:  # `cachefs umount` waits for pending uploads
-        if self.pid is not None:
-            run([*CACHEFS, "umount", str(self.path)], 330, self.env)
-            if not wait_gone(self.pid, 30):
-                raise BenchError(f"daemon {self.pid} still running 30s after umount")
-            self.pid = None
-
-    def close(self) -> None:
-        if os.path.ismount(self.path):
-            fuse_unmount(self.path)
-        if self.pid is not None:
-            kill_pid(self.pid)
-            self.pid = None
 
 
 def make_modules(proxy: Path, app: Path, n: int, files: int) -> None:
@@ -118,7 +89,7 @@ def walk(root: Path) -> dict[str, int]:
             for d, _, names in os.walk(root) for n in names}
 
 
-def one_round(i: int, work: Path, bucket: str, s3: Any, mount: Mount, timeout: float,
+def one_round(i: int, work: Path, bucket: str, s3: Any, mount: CliMount, timeout: float,
               record: dict[str, list[Sample]], notes: list[str]) -> None:
     app, home = work / "app", work / "home"
     for row, mode in ROWS.items():
@@ -126,14 +97,14 @@ def one_round(i: int, work: Path, bucket: str, s3: Any, mount: Mount, timeout: f
         modcache, s = work / f"modcache-{tag}", Sample()
         try:
             if mode is not None:
-                mount.start(bucket, work / f"cache-{tag}", mode)
+                mount.start(bucket, work / f"cache-{tag}", "--writeback", mode)
                 modcache = mount.path / "gomod" / tag
             env = {**os.environ, **go_env((work / "proxy").as_uri(), modcache, home)}
 
             def download(env: dict[str, str] = env, mode: str | None = mode) -> None:
                 run(["go", "mod", "download"], timeout, env, cwd=app)
                 if mode == "async":
-                    run([*CACHEFS, "sync", str(mount.path)], timeout, mount.env)
+                    mount.cli("sync", str(mount.path), timeout=timeout)
 
             os.sync()
             s = measure(download, pids=[mount.pid] if mount.pid else [])
@@ -147,7 +118,7 @@ def one_round(i: int, work: Path, bucket: str, s3: Any, mount: Mount, timeout: f
                     s.error = f"only {there} of {len(files)} files in S3 after the timing"
             mount.stop()
             if mode is not None and i == 0 and s.ok:
-                mount.start(bucket, work / f"cache-{tag}-verify", mode)
+                mount.start(bucket, work / f"cache-{tag}-verify", "--writeback", mode)
                 env |= go_env("off", mount.path / "gomod" / tag, home)
                 out = run(["go", "mod", "verify"], timeout, env, cwd=app).strip()
                 notes.append(f"check {row}: go mod verify on a second mount: {out}")
@@ -188,7 +159,7 @@ def main() -> int:
     if shutil.which("go") is None:
         p.error("the Go toolchain is missing: scripts/setup.sh installs golang-go")
     work = Path(tempfile.mkdtemp(prefix="cachefs-bench-gomod-", dir=args.workdir))
-    server, mount = SeaweedFS(work / "seaweed"), Mount(work / "mnt")
+    server, mount = SeaweedFS(work / "seaweed"), CliMount(work / "mnt", dict(os.environ))
     record: dict[str, list[Sample]] = {row: [] for row in ROWS}
     notes: list[str] = []
     try:

@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchcore import MOUNT_WAIT, fuse_unmount, kill_pid, wait_gone  # noqa: E402
+from benchcore import CliMount  # noqa: E402
 from benchlib import (  # noqa: E402
     BenchError,
     MiB,
@@ -60,48 +59,12 @@ ORIGIN_DIR, NAME, ORIGIN_PATH = "dl", "payload.bin", "/files/"
 ROWS = ("http download", "origin miss", "upload after read", "store hit", "blob-tier hit")
 
 
-class Mount:
-    """One ``cachefs mount`` at a time on one mount point; the daemon's PID from its xattr."""
-
-    def __init__(self, path: Path, env: dict[str, str]) -> None:
-        self.path, self.env, self.cache = path, env, path
-        self.pid: int | None = None
-        path.mkdir(parents=True, exist_ok=True)
-
-    def cli(self, *args: str, timeout: float) -> None:
-        try:
-            r = subprocess.run([sys.executable, "-m", "cachefs", *args], env=self.env, cwd=ROOT,
-                               capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"cachefs {args[0]} took over {timeout:.0f}s") from None
-        if r.returncode != 0:
-            log = self.cache / "cachefs.log"
-            tail = log.read_text(errors="replace").splitlines()[-3:] if log.exists() else []
-            raise BenchError(f"cachefs {args[0]}: {r.stderr.strip()} {' | '.join(tail)}")
-
-    def start(self, bucket: str, cache: Path, url: str) -> Path:
-        """Mount, set the origin on ``dl/`` (as a user would), return the file's path."""
-        self.cache = cache
-        self.cli("mount", "--store", f"s3://{bucket}", "--cache-dir", str(cache), str(self.path),
-                 timeout=MOUNT_WAIT + 60)
-        self.pid = int(os.getxattr(self.path, "user.cachefs.pid"))
-        (self.path / ORIGIN_DIR).mkdir(exist_ok=True)
-        os.setxattr(self.path / ORIGIN_DIR, "user.cachefs.origin", url.encode())
-        return self.path / ORIGIN_DIR / NAME
-
-    def stop(self) -> None:  # `cachefs umount` waits for pending uploads
-        if self.pid is not None:
-            self.cli("umount", str(self.path), timeout=300)
-            if not wait_gone(self.pid, 30):
-                raise BenchError(f"daemon {self.pid} still running 30s after umount")
-            self.pid = None
-
-    def close(self) -> None:
-        if os.path.ismount(self.path):
-            fuse_unmount(self.path)
-        if self.pid is not None:
-            kill_pid(self.pid)
-            self.pid = None
+def start_with_origin(mount: CliMount, bucket: str, cache: Path, url: str) -> Path:
+    """Mount, set the origin on ``dl/`` (as a user would); returns the file's path."""
+    mount.start(bucket, cache)
+    (mount.path / ORIGIN_DIR).mkdir(exist_ok=True)
+    os.setxattr(mount.path / ORIGIN_DIR, "user.cachefs.origin", url.encode())
+    return mount.path / ORIGIN_DIR / NAME
 
 
 def timed(argv: list[str | Path], pid: int | None, timeout: float) -> Sample:
@@ -132,7 +95,7 @@ def upload_time(s3: Any, bucket: str, key: str, size: int, since: float,
     return Sample(error=f"s3://{bucket}/{key} not there {timeout:.0f}s after the read")
 
 
-def one_round(i: int, work: Path, origin: Origin, s3: Any, mount: Mount, digest: str,
+def one_round(i: int, work: Path, origin: Origin, s3: Any, mount: CliMount, digest: str,
               size: int, timeout: float, record: dict[str, list[Sample]]) -> None:
     """One sample of every row; a failed step records its error and ends the round."""
     url, dest, key = origin.url + ORIGIN_PATH, work / "dest.bin", f"{ORIGIN_DIR}/{NAME}"
@@ -149,7 +112,7 @@ def one_round(i: int, work: Path, origin: Origin, s3: Any, mount: Mount, digest:
     s3.create_bucket(Bucket=bucket)
     caches = [work / f"cache-{i}-a", work / f"cache-{i}-b"]
     try:
-        path = mount.start(bucket, caches[0], url)
+        path = start_with_origin(mount, bucket, caches[0], url)
         s = timed(["cp", path, dest], mount.pid, timeout)
         read_end = time.perf_counter()
         up = upload_time(s3, bucket, key, size, read_end, timeout) if s.ok else Sample(error="-")
@@ -160,7 +123,7 @@ def one_round(i: int, work: Path, origin: Origin, s3: Any, mount: Mount, digest:
             raise BenchError(f"uploaded object has cachefs-sha256 {stored}")
         mount.stop()
         for row in ("store hit", "blob-tier hit"):  # a second runner, then its remount
-            path = mount.start(bucket, caches[1], url)
+            path = start_with_origin(mount, bucket, caches[1], url)
             s = verified(timed(["cp", path, dest], mount.pid, timeout), dest, digest)
             source = os.getxattr(path, "user.cachefs.source").decode()
             if s.ok and source != "store":
@@ -216,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="where the scratch dir is made (default /var/tmp)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="cachefs-bench-origin-", dir=args.workdir))
-    server, origin, mount = SeaweedFS(work / "seaweed"), Origin(), Mount(work / "mnt", {})
+    server, origin, mount = SeaweedFS(work / "seaweed"), Origin(), CliMount(work / "mnt", {})
     record: dict[str, list[Sample]] = {row: [] for row in ROWS}
     errors: list[str] = []
     begun, dropped = time.monotonic(), False

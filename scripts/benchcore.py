@@ -40,6 +40,7 @@ from benchreport import OpInfo
 
 from tests.servers import SeaweedFS
 
+ROOT = Path(__file__).resolve().parent.parent
 STATES = ("cold", "warm", "hot")
 MOUNT_WAIT = 60.0        # seconds a FUSE daemon may take to show its mount
 
@@ -381,6 +382,53 @@ def kill_pid(pid: int) -> None:
             return
         if wait_gone(pid, grace):
             return
+
+
+class CliMount:
+    """One ``cachefs mount`` at a time on one mount point, as a user runs it (for the scripts
+    that time one feature, not the system table): the CLI daemonizes and the daemon's PID comes
+    from its xattr; ``stop`` unmounts and waits for it, ``close`` forces (errors, Ctrl-C)."""
+
+    def __init__(self, path: Path, env: dict[str, str]) -> None:
+        self.path, self.env, self.cache = path, env, path
+        self.pid: int | None = None
+        path.mkdir(parents=True, exist_ok=True)
+
+    def cli(self, *args: str, timeout: float) -> str:
+        """Run ``cachefs ARGS``; a failure becomes a BenchError with the daemon's last words."""
+        try:
+            r = subprocess.run([sys.executable, "-m", "cachefs", *args], env=self.env,
+                               cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                               start_new_session=True, check=False)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"cachefs {args[0]} took over {timeout:.0f}s") from None
+        if r.returncode != 0:
+            log = self.cache / "cachefs.log"
+            tail = log.read_text(errors="replace").splitlines()[-3:] if log.exists() else []
+            raise BenchError(f"cachefs {args[0]} exited {r.returncode}: {r.stderr.strip()} "
+                             f"{' | '.join(tail)}".strip())
+        return r.stdout
+
+    def start(self, bucket: str, cache: Path, *flags: str) -> None:
+        self.cache = cache
+        self.cli("mount", "--store", f"s3://{bucket}", "--cache-dir", str(cache), *flags,
+                 str(self.path), timeout=MOUNT_WAIT + 60)
+        self.pid = int(os.getxattr(self.path, "user.cachefs.pid"))
+
+    def stop(self) -> None:
+        """``cachefs umount``: waits for pending uploads, then for the daemon."""
+        if self.pid is not None:
+            self.cli("umount", str(self.path), timeout=330)
+            if not wait_gone(self.pid, 30):
+                raise BenchError(f"daemon {self.pid} still running 30s after umount")
+            self.pid = None
+
+    def close(self) -> None:
+        if os.path.ismount(self.path):
+            fuse_unmount(self.path)
+        if self.pid is not None:
+            kill_pid(self.pid)
+            self.pid = None
 
 
 class ProcMountSystem(FsSystem):
