@@ -143,11 +143,22 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
             keep = False
         else:
             handle = await self._open_read(node)
-            # The kernel may keep its page cache only for verified content: bytes read from a
-            # fetch still in progress could yet fail their check.
-            keep = handle.reader is not None
+            handle.version = self.content_token(node)
+            # The kernel's page cache is one per inode: while another version of the file is
+            # being written or read here, its pages could mix with ours, so this handle goes
+            # around the cache. Otherwise the kernel may keep its pages, but only for verified
+            # content (bytes of a fetch still in progress could yet fail their check).
+            handle.direct_io = node.staging is not None or any(
+                isinstance(h, ReadHandle) and h.node is node and h.version != handle.version
+                for h in self.handles.values())
+            keep = handle.reader is not None and not handle.direct_io
             self.on_read_open(node)
         return self._add_handle(handle), keep
+
+    @staticmethod
+    def content_token(node: Node) -> object:
+        """Which content ``node`` shows now (changes when it is rewritten or replaced)."""
+        return (node.etag or node.digest, id(node.pack) if node.pack is not None else None)
 
     def _add_handle(self, handle: ReadHandle | WriteHandle) -> int:
         fh = self._next_fh

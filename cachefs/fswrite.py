@@ -197,6 +197,8 @@ class WriteOps(PackBuildOps):
             else:
                 handle.close()
                 node.readers -= 1
+                if handle.version is not None and handle.version != self.content_token(node):
+                    self.ns.notifier.inode_changed(node.ino)  # drop the old version's pages
         finally:
             self.table.release(node)
 
@@ -244,8 +246,11 @@ class WriteOps(PackBuildOps):
                                     durable=not self.opts.sync_writes or building is not None)
             staging.sealed = True
             staging.path = self.blobs.path(digest)
+            changed = node.digest != digest
             node.digest, node.size, node.etag = digest, size, None
             node.source, node.attrs_from = "local", "local"
+            if changed:  # pages read through older handles must not outlive them
+                self.ns.notifier.inode_changed(node.ino)
             if building is not None:  # kept for the pack: logged, not uploaded
                 node.pack = None  # no longer the pack's version of the file
                 await self.build_put(building, node)

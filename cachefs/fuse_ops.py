@@ -285,7 +285,9 @@ class FuseOps(pyfuse3.Operations):
     @translated
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fh, keep = await self.fs.open(self.fs.node(inode), flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+        handle = self.fs.handles.get(fh)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep,
+                                direct_io=getattr(handle, "direct_io", False))
 
     @translated
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,

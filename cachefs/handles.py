@@ -74,6 +74,11 @@ class ReadHandle:
         self.timeout = timeout
         self.disk = disk
         self.writable = False
+        #: the content this handle reads (fs.content_token at open): handles of one node that
+        #: read different versions must not share the kernel's page cache
+        self.version: object = None
+        #: opened while another version is being read or written: bypass the page cache
+        self.direct_io = False
 
     async def read(self, offset: int, size: int) -> bytes:
         for _ in range(3):
