@@ -184,11 +184,8 @@ class PackBuilder:
     def add_file(self, path: str, mode: int, mtime_ns: int, data: bytes) -> None:
         """A file that fits in memory (at most FRAME_TARGET bytes: read it whole)."""
         digest = hashlib.sha256(data).hexdigest()
-        entry = Entry(path, "f", mode, mtime_ns, len(data), digest)
-        self.entries.append(entry)
-        self.bytes_in += len(data)
-        if digest in self._by_digest:
-            entry.extents = list(self._by_digest[digest])
+        entry = self._file_entry(path, mode, mtime_ns, len(data), digest)
+        if entry is None:
             return
         if data and len(self._buffer) + len(data) > FRAME_TARGET:
             self._close_frame()
@@ -200,11 +197,8 @@ class PackBuilder:
     def add_large_file(self, path: str, mode: int, mtime_ns: int, digest: str, size: int,
                        source: Readable) -> None:
         """A file read in FRAME_TARGET pieces, each its own frame (``digest`` known before)."""
-        entry = Entry(path, "f", mode, mtime_ns, size, digest)
-        self.entries.append(entry)
-        self.bytes_in += size
-        if digest in self._by_digest:
-            entry.extents = list(self._by_digest[digest])
+        entry = self._file_entry(path, mode, mtime_ns, size, digest)
+        if entry is None:
             return
         self._close_frame()
         remaining = size
@@ -224,11 +218,8 @@ class PackBuilder:
         """A file whose bytes are already stored in the pack ``holder`` (key, ETag) with table
         ``toc``: the new pack points at those frames (where they really live, for a pack that
         itself points elsewhere) instead of holding them again."""
-        entry = Entry(path, "f", mode, mtime_ns, size, digest)
-        self.entries.append(entry)
-        self.bytes_in += size
-        if digest in self._by_digest:
-            entry.extents = list(self._by_digest[digest])
+        entry = self._file_entry(path, mode, mtime_ns, size, digest)
+        if entry is None:
             return
         for index, start, length in extents:
             old = toc.frames[index]
@@ -244,6 +235,18 @@ class PackBuilder:
                 self.reused += 1
             entry.extents.append((mapped, start, length))
         self._by_digest[digest] = entry.extents
+
+    def _file_entry(self, path: str, mode: int, mtime_ns: int, size: int,
+                    digest: str) -> Entry | None:
+        """Add a file's entry; None when identical content is in already (the entry then
+        points at it, and the caller adds no bytes)."""
+        entry = Entry(path, "f", mode, mtime_ns, size, digest)
+        self.entries.append(entry)
+        self.bytes_in += size
+        if digest in self._by_digest:
+            entry.extents = list(self._by_digest[digest])
+            return None
+        return entry
 
     # -- frames --------------------------------------------------------------------------------
 
