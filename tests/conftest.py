@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory,
     """No test reads the developer's config or writes to their cache."""
     home = tmp_path_factory.mktemp("home")
     for var, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_CACHE_HOME", "cache"),
-                     ("XDG_DATA_HOME", "data")):
+                     ("XDG_DATA_HOME", "data"), ("XDG_STATE_HOME", "state")):
         monkeypatch.setenv(var, str(home / sub))
     for var in list(os.environ):
         if var.startswith("CACHEFS_") or var.startswith("AWS_"):
@@ -95,7 +96,8 @@ class Mount:
         self.pid: int | None = None
 
     def start(self, expect_ok: bool = True) -> subprocess.CompletedProcess[str]:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not mounted_at(self.path):  # a dead mount there is for `cachefs mount` to handle
+            self.path.mkdir(parents=True, exist_ok=True)
         result = cli("mount", "--cache-dir", str(self.cache_dir), *self.args, str(self.path),
                      env=self.env)
         if expect_ok:
@@ -122,16 +124,18 @@ class Mount:
             self.pid = None
         return result
 
-    def kill(self) -> None:
-        """kill -9 the daemon and clear the dead mount (a crash)."""
+    def kill(self, clear: bool = True) -> None:
+        """kill -9 the daemon (a crash) and clear the dead mount it leaves, unless ``clear``
+        is False: then the mount point stays "Transport endpoint is not connected"."""
         assert self.pid is not None
         os.kill(self.pid, signal.SIGKILL)
         wait_gone(self.pid)
-        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        if clear:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         self.pid = None
 
     def cleanup(self) -> None:
-        if os.path.ismount(self.path):
+        if mounted_at(self.path):  # live or dead (os.path.ismount is False on a dead one)
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -140,6 +144,18 @@ class Mount:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
                 wait_gone(self.pid, 5)
+
+
+def mounted_at(path: Path) -> bool:
+    """Whether /proc/self/mountinfo lists a mount at ``path``, answering or not."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4]
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
+            if point == target:
+                return True
+    return False
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:

@@ -1,0 +1,149 @@
+"""Dead mounts: what `cachefs umount` and `cachefs mount` do with a mount point whose daemon died
+(kill -9, OOM), which the kernel answers with "Transport endpoint is not connected"."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import Mount, Mounter, cli, mounted_at, wait_gone
+from .faultproxy import Fault, FaultProxy
+from .servers import SeaweedFS
+
+pytestmark = [pytest.mark.fuse]
+
+#: the exit codes the CLI documents for these cases
+PENDING, NOT_OURS = 3, 4
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedFS) -> Iterator[FaultProxy]:
+    with FaultProxy(seaweed.endpoint) as p:
+        yield p
+
+
+def assert_dead(path: Path) -> None:
+    with pytest.raises(OSError) as info:
+        os.stat(path)
+    assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    assert mounted_at(path)
+
+
+def crash_with_a_pending_write(mounter: Mounter, seaweed: SeaweedFS, bucket: str,
+                               proxy: FaultProxy, payload: bytes) -> Mount:
+    """An async mount whose uploads all fail, a file closed into it (journaled, not stored),
+    then kill -9: the dead mount point is left behind."""
+    proxy.add(Fault(method="PUT", status=503, code="SlowDown"))
+    m = mounter("--writeback", "async", "--timeout", "3", server=seaweed, bucket=bucket,
+                env={"CACHEFS_ENDPOINT": proxy.url})
+    os.mkdir(m.path / "out")
+    (m.path / "out" / "precious.bin").write_bytes(payload)
+    assert "out/precious.bin" in [p["key"] for p in m.control("status")["pending"]]
+    m.kill(clear=False)
+    assert_dead(m.path)
+    return m
+
+
+@pytest.mark.s3
+def test_umount_clears_a_dead_mount_and_names_pending_writes(
+        seaweed: SeaweedFS, bucket: str, proxy: FaultProxy, mounter: Mounter) -> None:
+    m = crash_with_a_pending_write(mounter, seaweed, bucket, proxy, b"closed before the crash")
+    result = cli("umount", str(m.path), env=m.env)
+    assert result.returncode == PENDING, result.stdout + result.stderr
+    assert "out/precious.bin" in result.stderr and "dead" in result.stderr
+    assert not mounted_at(m.path)
+    assert os.listdir(m.path) == []  # the empty directory under the mount, usable again
+    # The journal was kept: the next mount with the same cache dir stores the file.
+    proxy.clear()
+    m.start()
+    assert cli("sync", str(m.path), env=m.env).returncode == 0
+    body = seaweed.client().get_object(Bucket=bucket, Key="out/precious.bin")["Body"].read()
+    assert body == b"closed before the crash"
+    m.umount()
+
+
+@pytest.mark.s3
+def test_umount_of_a_dead_mount_with_nothing_pending_exits_0(
+        seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> None:
+    m = mounter(server=seaweed, bucket=bucket)  # sync write-back: close() waits for the store
+    (m.path / "stored.txt").write_bytes(b"in the store before the crash")
+    m.kill(clear=False)
+    assert_dead(m.path)
+    result = cli("umount", str(m.path), env=m.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing was pending" in result.stdout
+    assert not mounted_at(m.path) and os.listdir(m.path) == []
+    m.start()
+    assert (m.path / "stored.txt").read_bytes() == b"in the store before the crash"
+    m.umount()
+
+
+@pytest.mark.s3
+def test_mount_on_a_dead_mount_point_clears_it_and_replays_the_journal(
+        seaweed: SeaweedFS, bucket: str, proxy: FaultProxy, mounter: Mounter) -> None:
+    payload = os.urandom(3 << 20)
+    m = crash_with_a_pending_write(mounter, seaweed, bucket, proxy, payload)
+    proxy.clear()
+    result = m.start()
+    assert "dead" in result.stderr and "cleared" in result.stderr, result.stderr
+    assert (m.path / "out" / "precious.bin").read_bytes() == payload
+    assert cli("sync", str(m.path), env=m.env).returncode == 0
+    body = seaweed.client().get_object(Bucket=bucket, Key="out/precious.bin")["Body"].read()
+    assert body == payload
+    m.umount()
+
+
+FOREIGN_FS = """
+import sys, pyfuse3, trio
+pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=otherfs", "subtype=otherfs"})
+trio.run(pyfuse3.main)
+"""
+
+
+@contextlib.contextmanager
+def dead_foreign_mount(path: Path) -> Iterator[None]:
+    """A FUSE file system that is not cachefs, mounted at ``path`` and then killed."""
+    path.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", FOREIGN_FS, str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not mounted_at(path):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the foreign file system did not mount"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert_dead(path)
+        yield
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            wait_gone(proc.pid)
+            proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+        if mounted_at(path):
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+def test_a_dead_mount_of_another_file_system_is_refused(tmp_path: Path) -> None:
+    mnt = tmp_path / "other"
+    with dead_foreign_mount(mnt):
+        for args in (["umount", str(mnt)],
+                     ["mount", "--cache-dir", str(tmp_path / "cache"), str(mnt)]):
+            result = cli(*args)
+            assert result.returncode == NOT_OURS, (args, result.stdout, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert f"`fusermount3 -u -z {mnt}`" in lines[0] and "otherfs" in lines[0]
+            assert_dead(mnt)  # left alone: it is not ours to clear
