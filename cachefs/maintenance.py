@@ -16,7 +16,7 @@ import trio
 from .blobs import BlobTier, digest_path
 from .daemon import cache_dir_lock
 from .db import Database
-from .writeback import Journal
+from .writeback import JOURNAL, pending_records
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,7 @@ def _tier(cache_dir: Path) -> tuple[Database, BlobTier]:
 
 def pending_digests(cache_dir: Path) -> set[str]:
     """Blobs the journal still needs (content not yet in the store)."""
-    path = cache_dir / "journal.log"
-    if not path.exists():
-        return set()
-    journal = Journal(path)
-    records = journal.load()
-    journal.close()
-    return {r["digest"] for r in records if r.get("digest")}
+    return {r["digest"] for r in pending_records(cache_dir / JOURNAL) if r.get("digest")}
 
 
 def verify(cache_dir: Path, repair: bool) -> dict[str, Any]:

@@ -45,6 +45,8 @@ MAX_BACKOFF = 60.0
 WAIT_ATTEMPTS = 3
 
 KINDS = ("put", "delete", "copy", "move")
+#: the journal's file name in the cache dir
+JOURNAL = "journal.log"
 
 
 @dataclasses.dataclass(eq=False)
@@ -92,6 +94,24 @@ class CorruptUpload(CacheFSError):
     """The content to upload no longer matches its digest: it is dropped, never stored."""
 
 
+def pending_records(path: Path) -> list[dict[str, Any]]:
+    """The operations a journal file holds that are added and not done, oldest first; it is
+    only read (`cachefs umount` lists them for a mount whose daemon died). A torn last line
+    was never acknowledged to the writer, so it is skipped."""
+    pending: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("done") is not None:
+                pending.pop(int(rec["done"]), None)
+            elif rec.get("kind") in KINDS:
+                pending[int(rec["seq"])] = rec
+    return sorted(pending.values(), key=lambda r: r["seq"])
+
+
 class Journal:
     """Append-only log of operations: ``add`` lines, then ``done`` lines once applied."""
 
@@ -100,19 +120,8 @@ class Journal:
         self.fd = -1
 
     def load(self) -> list[dict[str, Any]]:
-        """Operations added and not done (a torn last line was never acknowledged)."""
-        pending: dict[int, dict[str, Any]] = {}
-        if self.path.exists():
-            for line in self.path.read_bytes().splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get("done") is not None:
-                    pending.pop(int(rec["done"]), None)
-                elif rec.get("kind") in KINDS:
-                    pending[int(rec["seq"])] = rec
-        records = sorted(pending.values(), key=lambda r: r["seq"])
+        """Operations added and not done, and the journal opened for appending."""
+        records = pending_records(self.path)
         # Rewrite compactly so the log does not grow across runs.
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -143,7 +152,7 @@ class WriteBack:
                  compress_level: int | None = None) -> None:
         self.store = store
         self.blobs = blobs
-        self.journal = Journal(cache_dir / "journal.log")
+        self.journal = Journal(cache_dir / JOURNAL)
         self.s3 = s3
         self.disk = disk
         self.cpu = cpu or trio.CapacityLimiter(2)
