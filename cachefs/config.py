@@ -92,6 +92,11 @@ def default_cache_dir() -> str:
     return str(_xdg("XDG_CACHE_HOME", ".cache") / "cachefs")
 
 
+def default_state_dir() -> Path:
+    """Where cachefs keeps what only this machine needs to know (the mount records)."""
+    return _xdg("XDG_STATE_HOME", ".local/state") / "cachefs"
+
+
 def default_config_file() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "cachefs" / "config.toml"
 

@@ -24,7 +24,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import __version__, codec, subtree
+from . import __version__, codec, mountrec, subtree
 from .attrs import manifest_entry
 from .blobs import BlobTier
 from .config import Config
@@ -119,8 +119,14 @@ def check_mountpoint(mountpoint: Path) -> None:
     if not Path("/dev/fuse").exists():
         raise MountError("/dev/fuse is missing: install fuse3, or run the container with "
                          "--device /dev/fuse --cap-add SYS_ADMIN")
-    if not mountpoint.exists():
-        raise MountError(f"mount point {mountpoint} does not exist (mkdir -p it first)")
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist (mkdir -p it first)") \
+            from None
+    except OSError as e:
+        hint = " (a dead mount: `cachefs umount` it)" if e.errno in mountrec.DEAD_ERRNOS else ""
+        raise MountError(f"mount point {mountpoint}: {e.strerror}{hint}") from None
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -424,6 +430,18 @@ class Daemon:
         self.db.close()
 
 
+def _write_record(mountpoint: Path, cache_dir: Path, store_url: str) -> None:
+    """Say who serves this mount, for `cachefs umount` should this process be killed."""
+    record = mountrec.MountRecord(mountpoint=str(mountpoint), pid=os.getpid(),
+                                  cache_dir=str(cache_dir.absolute()), store=store_url)
+    try:
+        mountrec.write(record)
+    except OSError as e:
+        log.warning("cannot write the mount record %s (%s): if this daemon is killed, "
+                    "`cachefs umount` cannot say what was pending", mountrec.record_path(
+                        mountpoint), e.strerror)
+
+
 def _report(fd: int, message: str) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, (message + "\n").encode())
@@ -485,10 +503,12 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
             except RuntimeError as e:
                 raise MountError(f"mounting {path} failed: {e} (is /dev/fuse usable and "
                                  "the mount point empty?)") from None
+            _write_record(path, cache_dir, store_url)
             try:
                 trio.run(daemon.main, ready_fd)
             finally:
                 pyfuse3.close(unmount=True)
+                mountrec.remove(path, os.getpid())
                 daemon.close()
         log.info("cachefs exited cleanly")
         return 0
