@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .cliutil import mount_entry
 from .config import flag_argv
 from .errors import CacheFSError
 
@@ -156,7 +157,9 @@ def _reason(result: subprocess.CompletedProcess[str]) -> str:
     lines = [x for x in result.stderr.strip().splitlines() if x.strip()]
     if not lines:
         return f"cachefs exited {result.returncode}"
-    return lines[-1].removeprefix("cachefs: ")
+    # the last message, not a detail line under it (such as the pending keys of a dead mount)
+    messages = [x for x in lines if x.startswith("cachefs: ")] or lines
+    return messages[-1].removeprefix("cachefs: ")
 
 
 def _control(path: Path, name: str) -> Any:
@@ -184,7 +187,7 @@ def _stop(m: Mount, quiet: bool) -> None:
 
 
 def _force_stop(m: Mount) -> None:
-    if os.path.ismount(m.path):
+    if mount_entry(m.path) is not None:  # answering or dead (ismount fails on a dead one)
         subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
     if not _is_daemon(m.pid):
         return

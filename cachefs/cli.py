@@ -1,8 +1,10 @@
 """The `cachefs` command.
 
 Exit codes, for shell scripts to branch on: 0 ok; 1 "not there" where a command asks whether
-something is there (a miss); 2 an operational error (bad flag, store unreachable, mount failed).
-A user mistake is reported as one line on stderr, never a traceback.
+something is there (a miss); 2 an operational error (bad flag, store unreachable, mount failed);
+3 unmounted, but closed files are still pending in the write-back journal; 4 a dead mount of
+another file system is in the way. A user mistake is reported as one line on stderr, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ from . import __version__
 from .cliutil import (
     FAIL,
     MISS,
+    NOT_OURS,
     OK,
+    PENDING,
+    ClearedMount,
     Failure,
+    clear_dead_mount,
     config_flags,
+    describe_op,
     help_text,
     load_config,
     mount_control,
@@ -48,7 +55,7 @@ from .commands import (
 from .config import FIELDS, Config, flag_argv
 from .errors import CacheFSError, ConfigError
 
-__all__ = ["FAIL", "MISS", "OK", "apply_template", "build_parser", "main"]
+__all__ = ["FAIL", "MISS", "NOT_OURS", "OK", "PENDING", "apply_template", "build_parser", "main"]
 
 
 def _daemon_argv(config: Config, mountpoint: str) -> list[str]:
@@ -59,6 +66,9 @@ def _daemon_argv(config: Config, mountpoint: str) -> list[str]:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     config = load_config(args)
+    cleared = clear_dead_mount(Path(args.mountpoint).absolute())
+    if cleared is not None:
+        _say_cleared_before_mount(cleared, Path(config.cache_dir))
     from . import daemon
 
     if args.foreground:
@@ -97,6 +107,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
                   (": " + " | ".join(tail) if tail else f" (see {log_path})"))
 
 
+def _say_cleared_before_mount(cleared: ClearedMount, cache_dir: Path) -> None:
+    message = f"cachefs: {cleared.path} was a dead cachefs mount ({cleared.daemon()}): cleared it"
+    if cleared.record is not None and cleared.pending:
+        same = Path(cleared.record.cache_dir) == cache_dir.absolute()
+        message += (f"; its {len(cleared.pending)} pending change(s) are replayed by this mount"
+                    if same else f"; {len(cleared.pending)} change(s) pending in "
+                    f"{cleared.record.cache_dir} wait for a mount with that --cache-dir")
+    print(message, file=sys.stderr)
+
+
 def _read_line(fd: int, timeout: float) -> str:
     data = b""
     deadline = time.monotonic() + timeout
@@ -116,6 +136,9 @@ def _read_line(fd: int, timeout: float) -> str:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = Path(args.mountpoint).absolute()
+    cleared = clear_dead_mount(mountpoint)
+    if cleared is not None:
+        return _report_cleared(cleared)
     if not os.path.ismount(mountpoint):
         raise Failure(f"{mountpoint} is not mounted")
     pid = int(mount_control(str(mountpoint), "pid"))
@@ -139,9 +162,29 @@ def cmd_umount(args: argparse.Namespace) -> int:
     failed = report.get("failed") or []
     if failed:
         raise Failure(f"unmounted, but {len(failed)} change(s) are not in the store yet: they "
-                      "are kept in the cache dir and resume at the next mount that uses it")
+                      "are kept in the cache dir and resume at the next mount that uses it",
+                      PENDING)
     print(f"cachefs: unmounted {mountpoint}")
     return OK
+
+
+def _report_cleared(cleared: ClearedMount) -> int:
+    """`cachefs umount` of a dead mount: what its journal still holds decides the exit code."""
+    head = f"cachefs: cleared the dead cachefs mount at {cleared.path} ({cleared.daemon()})"
+    if cleared.record is None or cleared.pending is None:
+        print(f"{head}; it left no mount record, so which changes are pending is unknown: "
+              "any are kept in its cache dir and resume at the next mount that uses it",
+              file=sys.stderr)
+        return OK
+    if not cleared.pending:
+        print(f"{head}; nothing was pending: everything written before it died is in the store")
+        return OK
+    print(f"{head}; {len(cleared.pending)} change(s) made before it died are not in the store "
+          f"yet: they are kept in {cleared.record.cache_dir} and resume at the next mount that "
+          "uses it:", file=sys.stderr)
+    for record in cleared.pending:
+        print(f"  {describe_op(record)}", file=sys.stderr)
+    return PENDING
 
 
 def _alive(pid: int) -> bool:
@@ -180,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
               cp -r /cache/node/abcd ./node_modules
               cachefs umount /cache
 
-            exit codes: 0 ok, 1 not found / miss, 2 error.
+            exit codes: 0 ok, 1 not found / miss, 2 error, 3 unmounted but changes
+            still pending, 4 a dead mount of another file system is in the way.
             settings come from flags, then CACHEFS_<SETTING> variables, then
             ~/.config/cachefs/config.toml; see `cachefs mount --help`."""))
     parser.add_argument("--version", action="version", version=f"cachefs {__version__}")
@@ -210,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         Without --foreground the command returns once the mount answers; the daemon keeps
         running and logs to CACHE_DIR/cachefs.log. It exits 2 with one line saying why if
         the mount cannot be made (no /dev/fuse, mount point missing or busy, bad credentials,
-        missing bucket).""")
+        missing bucket).
+
+        A dead cachefs mount at MOUNTPOINT (its daemon was killed: "Transport endpoint is
+        not connected") is cleared first, with a note on stderr; its journal is replayed
+        by this mount if it uses the same cache dir. A dead mount of another file system
+        is left alone: exit 4, naming the command that clears it.""")
     config_flags(p, MOUNT_FIELDS)
     p.add_argument("--foreground", "-f", action="store_true",
                    help="stay in the foreground and log to stderr")
@@ -223,7 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
           cachefs umount --lazy /cache     # detach now even if something still uses it
 
         Waits until pending uploads are in the store and the daemon has exited. Changes
-        that cannot be stored stay in the cache dir and resume at the next mount.""")
+        that cannot be stored stay in the cache dir and resume at the next mount.
+
+        A dead mount (the daemon was killed: "Transport endpoint is not connected") is
+        cleared with a lazy unmount, and the changes its journal still holds are listed.
+        A dead mount of another file system is left alone.
+
+        exit codes: 0 unmounted, nothing pending; 2 not mounted, or the unmount failed;
+        3 unmounted (or the dead mount cleared), but changes are still pending in the
+        journal (kept in the cache dir; the next mount that uses it stores them); 4 a dead
+        mount of another file system, with the command that clears it.""")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--lazy", action="store_true", help="detach even if the mount is busy")
     p.add_argument("--no-sync", action="store_true",

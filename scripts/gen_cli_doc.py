@@ -27,6 +27,11 @@ EXIT_CODES = [
                "origin, `verify` found bad blobs and left them"),
     (cli.FAIL, "an operational error: a bad flag or setting, the store unreachable, the mount "
                "refused; one line on stderr says why, never a traceback"),
+    (cli.PENDING, "unmounted (or a dead mount cleared), but changes are still pending in the "
+                  "write-back journal: they stay in the cache dir and resume at the next mount "
+                  "that uses it; `umount` lists them"),
+    (cli.NOT_OURS, "a dead mount of another file system is at the mount point: cachefs leaves "
+                   "it alone and names the command that clears it (`fusermount3 -u -z MNT`)"),
     (130, "interrupted (Ctrl-C)"),
 ]
 

@@ -33,9 +33,20 @@ def proxy(seaweed: SeaweedFS) -> Iterator[FaultProxy]:
 
 def assert_dead(path: Path) -> None:
     with pytest.raises(OSError) as info:
-        os.stat(path)
+        os.statvfs(path)  # stat() may still be answered from the kernel's attribute cache
+    assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    with pytest.raises(OSError) as info:
+        os.listdir(path)
     assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     assert mounted_at(path)
+
+
+def kill_9(m: Mount) -> None:
+    """Crash the daemon right after a stat() of the root, so the kernel still holds its
+    attributes (os.path.ismount then says True, although nothing answers)."""
+    os.stat(m.path)
+    m.kill(clear=False)
+    assert_dead(m.path)
 
 
 def crash_with_a_pending_write(mounter: Mounter, seaweed: SeaweedFS, bucket: str,
@@ -48,8 +59,7 @@ def crash_with_a_pending_write(mounter: Mounter, seaweed: SeaweedFS, bucket: str
     os.mkdir(m.path / "out")
     (m.path / "out" / "precious.bin").write_bytes(payload)
     assert "out/precious.bin" in [p["key"] for p in m.control("status")["pending"]]
-    m.kill(clear=False)
-    assert_dead(m.path)
+    kill_9(m)
     return m
 
 
@@ -76,14 +86,49 @@ def test_umount_of_a_dead_mount_with_nothing_pending_exits_0(
         seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> None:
     m = mounter(server=seaweed, bucket=bucket)  # sync write-back: close() waits for the store
     (m.path / "stored.txt").write_bytes(b"in the store before the crash")
-    m.kill(clear=False)
-    assert_dead(m.path)
+    kill_9(m)
     result = cli("umount", str(m.path), env=m.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nothing was pending" in result.stdout
     assert not mounted_at(m.path) and os.listdir(m.path) == []
     m.start()
     assert (m.path / "stored.txt").read_bytes() == b"in the store before the crash"
+    m.umount()
+
+
+def records() -> list[Path]:
+    return sorted((Path(os.environ["XDG_STATE_HOME"]) / "cachefs" / "mounts").glob("*.json"))
+
+
+def test_mount_record_kept_while_mounted_and_dead_mount_without_one(mounter: Mounter) -> None:
+    m = mounter()  # the embedded default store: a local directory
+    assert len(records()) == 1 and str(m.path) in records()[0].read_text()
+    m.umount()
+    assert records() == []  # removed by a clean unmount
+    m.start()
+    kill_9(m)
+    records()[0].unlink()  # e.g. the mount was made by another user
+    result = cli("umount", str(m.path), env=m.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "unknown" in result.stderr and not mounted_at(m.path)
+
+
+@pytest.mark.s3
+def test_clean_umount_leaving_changes_pending_exits_3(
+        seaweed: SeaweedFS, bucket: str, proxy: FaultProxy, mounter: Mounter) -> None:
+    proxy.add(Fault(method="PUT", status=503, code="SlowDown"))
+    m = mounter("--writeback", "async", "--timeout", "3", server=seaweed, bucket=bucket,
+                env={"CACHEFS_ENDPOINT": proxy.url})
+    (m.path / "later.txt").write_bytes(b"stored by the next mount")
+    result = cli("umount", str(m.path), env=m.env)
+    assert result.returncode == PENDING, result.stdout + result.stderr
+    assert "not in the store yet" in result.stderr and not mounted_at(m.path)
+    m.pid = None
+    proxy.clear()
+    m.start()
+    assert cli("sync", str(m.path), env=m.env).returncode == 0
+    body = seaweed.client().get_object(Bucket=bucket, Key="later.txt")["Body"].read()
+    assert body == b"stored by the next mount"
     m.umount()
 
 
@@ -95,8 +140,8 @@ def test_mount_on_a_dead_mount_point_clears_it_and_replays_the_journal(
     proxy.clear()
     result = m.start()
     assert "dead" in result.stderr and "cleared" in result.stderr, result.stderr
+    assert cli("sync", str(m.path), env=m.env).returncode == 0  # the journal is replayed
     assert (m.path / "out" / "precious.bin").read_bytes() == payload
-    assert cli("sync", str(m.path), env=m.env).returncode == 0
     body = seaweed.client().get_object(Bucket=bucket, Key="out/precious.bin")["Body"].read()
     assert body == payload
     m.umount()
