@@ -77,6 +77,9 @@ def mount_control(mountpoint: str, name: str) -> Any:
     except OSError as e:
         if e.errno in (errno.ENODATA, errno.ENOTSUP):
             raise Failure(f"{path} is not a cachefs mount") from None
+        if e.errno in mountrec.DEAD_ERRNOS:
+            raise Failure(f"{path}: {e.strerror}: its daemon is gone; `cachefs umount {path}` "
+                          "clears the mount and lists what was pending") from None
         raise Failure(f"{path}: {e.strerror}") from None
     text = raw.decode()
     with contextlib.suppress(ValueError):

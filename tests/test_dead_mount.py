@@ -87,6 +87,8 @@ def test_umount_of_a_dead_mount_with_nothing_pending_exits_0(
     m = mounter(server=seaweed, bucket=bucket)  # sync write-back: close() waits for the store
     (m.path / "stored.txt").write_bytes(b"in the store before the crash")
     kill_9(m)
+    status = cli("status", str(m.path), env=m.env)
+    assert status.returncode == 2 and f"`cachefs umount {m.path}`" in status.stderr
     result = cli("umount", str(m.path), env=m.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nothing was pending" in result.stdout
