@@ -225,6 +225,12 @@ class WriteOps(PackBuildOps):
                     raise CacheFSError(staging.error)
                 return
             staging.dirty = False
+            if not self.table.reachable(node):
+                # Unlinked while open: its key is gone (or another file's now), so there is
+                # nothing to store; the staged bytes stay readable through open descriptors.
+                log.debug("%s: closed after unlink; nothing to store", node.name)
+                self._drop_stream(staging)
+                return
             stream = None
             if staging.hasher is not None and staging.hashed == staging.size:
                 size = staging.size
@@ -329,8 +335,8 @@ class WriteOps(PackBuildOps):
 
     async def setattr(self, node: Node, *, size: int | None = None, mode: int | None = None,
                       uid: int | None = None, gid: int | None = None,
-                      mtime_ns: int | None = None, fh: int | None = None,
-                      caller_uid: int = 0) -> Node:
+                      mtime_ns: int | None = None, atime_ns: int | None = None,
+                      fh: int | None = None, caller_uid: int = 0) -> Node:
         self._check_writable(node)
         if caller_uid != 0 and (uid not in (None, self.table.uid) or
                                 gid not in (None, self.table.gid)):
@@ -363,7 +369,11 @@ class WriteOps(PackBuildOps):
         if gid is not None:
             node.gid, changed = gid, True
         if mtime_ns is not None:
+            if node.atime_ns is None:
+                node.atime_ns = node.mtime_ns  # it read as mtime: it stays where it was
             node.mtime_ns, changed = mtime_ns, True
+        if atime_ns is not None:
+            node.atime_ns, changed = atime_ns, True
         if changed:
             node.ctime_ns = now_ns()
             building = self.building_of(node)
