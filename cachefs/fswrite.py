@@ -64,7 +64,7 @@ class WriteOps(PackBuildOps):
         if source is not None:
             self.blobs.touch(source)
         size = node.size if source is not None else 0
-        return Staging(path, fd, size, base_size=node.size,
+        return Staging(path, fd, size, base_size=node.size, base=source,
                        hasher=None if source is not None else DigestBuilder())
 
     async def _truncate(self, node: Node, staging: Staging, size: int) -> None:
@@ -250,7 +250,7 @@ class WriteOps(PackBuildOps):
             # journaled (async) close, or a file kept for a pack, needs it on local disk first.
             await self.blobs.commit(staging.path, digest, size, crcs,
                                     durable=not self.opts.sync_writes or building is not None)
-            staging.sealed = True
+            staging.sealed, staging.digest = True, digest
             staging.path = self.blobs.path(digest)
             changed = node.digest != digest
             node.digest, node.size, node.etag = digest, size, None

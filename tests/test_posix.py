@@ -180,9 +180,16 @@ def test_reader_opened_while_a_new_file_is_written_sees_its_bytes(
         reader = open(m.path / "log", "rb", buffering=0)  # noqa: SIM115
     try:
         assert reader.read() == b"line 1\nline 2\nline 3\n"
+        with open(m.path / "log", "ab", buffering=0) as appender:  # a logger reopening it
+            appender.write(b"line 4\n")
+            assert reader.read() == b"line 4\n"  # tail -f reads on
+        with open(m.path / "log", "wb", buffering=0) as rewriter:
+            rewriter.write(b"another version")
+            reader.seek(0)  # a rewrite from empty is another version: not mixed in
+            assert reader.read() == b"line 1\nline 2\nline 3\nline 4\n"
     finally:
         reader.close()
-    assert (m.path / "log").read_bytes() == b"line 1\nline 2\nline 3\n"
+    assert (m.path / "log").read_bytes() == b"another version"
     assert_serving(m)
 
 
