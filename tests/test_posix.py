@@ -14,6 +14,8 @@ import textwrap
 
 import pytest
 
+from cachefs.xattrs import BINARY, decode_value, encode_value
+
 from .conftest import Mount, Mounter, cli
 from .servers import SeaweedFS
 
@@ -279,6 +281,14 @@ def test_user_xattrs_on_files(seaweed: SeaweedFS, bucket: str, mounter: Mounter)
     assert os.getxattr(fresh.path / "f", "user.empty") == b""
     assert os.getxattr(fresh.path / "h", "user.while-open") == b"1"
     assert_serving(fresh)
+
+
+def test_xattr_values_read_back_exactly() -> None:
+    for value in (b"", b"text", "\u00e9t\u00e9".encode(), b"\xff\x00", BINARY.encode(),
+                  BINARY.encode() + b"not base64", b"\x00plain"):
+        stored = encode_value(value)
+        stored.encode("utf-8")  # manifests and the cache dir hold it as JSON text
+        assert decode_value(stored) == value
 
 
 # -- 5. RLIMIT_FSIZE -----------------------------------------------------------------------------
