@@ -55,6 +55,9 @@ class Staging:
     digest: str | None = None
     #: readers following this content (ReadHandle.follow): the fd stays open while they read
     readers: int = 0
+    #: opened without O_TRUNC and not changed yet: the content is still this blob's, not
+    #: copied in (a blobs.BlobReader; see WriteOps._materialize)
+    lazy: Any = None
     #: the last writer let go; the fd closes when the last reader does
     retired: bool = False
 
@@ -72,7 +75,17 @@ class Staging:
         if self.retired and self.readers <= 0:
             self._close_fd()
 
+    async def pread(self, size: int, offset: int, disk: trio.CapacityLimiter) -> bytes:
+        """Read the current content (the caller holds the lock: no fd swap, no half write)."""
+        if self.lazy is not None:
+            data: bytes = await self.lazy.read(offset, min(size, max(0, self.size - offset)))
+            return data
+        return await trio.to_thread.run_sync(os.pread, self.fd, size, offset, limiter=disk)
+
     def _close_fd(self) -> None:
+        if self.lazy is not None:
+            self.lazy.close()
+            self.lazy = None
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -125,8 +138,7 @@ class ReadHandle:
         assert self.disk is not None
         # Under the writers' lock: an unseal swaps the fd, and no read sees half a write.
         async with staging.lock:
-            return await trio.to_thread.run_sync(os.pread, staging.fd, size, offset,
-                                                 limiter=self.disk)
+            return await staging.pread(size, offset, self.disk)
 
     async def read(self, offset: int, size: int) -> bytes:
         if self.staging is not None:
@@ -191,8 +203,8 @@ class WriteHandle:
         self.dirty = False
 
     async def read(self, offset: int, size: int) -> bytes:
-        return await trio.to_thread.run_sync(os.pread, self.node.staging.fd, size, offset,
-                                             limiter=self.disk)
+        async with self.staging.lock:
+            return await self.staging.pread(size, offset, self.disk)
 
     def close(self) -> None:
         pass

@@ -218,6 +218,37 @@ def test_reader_opened_while_a_file_is_rewritten_in_place_sees_the_new_bytes(
     assert_serving(m)
 
 
+def test_opening_read_write_copies_nothing_until_the_first_write(
+        seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> None:
+    m = mounter(server=seaweed, bucket=bucket)
+    payload = os.urandom(3 << 20)
+    (m.path / "db").write_bytes(payload)
+    etag = seaweed.client().head_object(Bucket=bucket, Key="db")["ETag"]
+
+    def staged() -> list[int]:
+        return [p.stat().st_size for p in (m.cache_dir / "tmp").glob("stage.*")]
+
+    with open(m.path / "db", "r+b", buffering=0) as f:  # SQLite opens its database so
+        assert staged() == [0]
+        assert f.read(10) == payload[:10]
+        f.seek(len(payload) - 5)
+        assert f.read() == payload[-5:]
+        with open(m.path / "db", "rb") as reader:
+            assert reader.read() == payload
+    assert seaweed.client().head_object(Bucket=bucket, Key="db")["ETag"] == etag  # not stored
+    with open(m.path / "db", "r+b", buffering=0) as f:
+        f.seek(1 << 20)
+        f.write(b"X")
+        assert staged() == [len(payload)]  # copied at the first write
+        f.seek(0)
+        assert f.read() == payload[:1 << 20] + b"X" + payload[(1 << 20) + 1:]
+    assert (m.path / "db").read_bytes() == payload[:1 << 20] + b"X" + payload[(1 << 20) + 1:]
+    with open(m.path / "db", "r+b") as f:
+        f.truncate(100)
+    assert (m.path / "db").read_bytes() == payload[:100]
+    assert_serving(m)
+
+
 # -- 4. user extended attributes -----------------------------------------------------------------
 
 def test_user_xattrs_on_files(seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> None:
