@@ -70,6 +70,14 @@ class Staging:
         if self.readers <= 0:
             self._close_fd()
 
+    @property
+    def shows(self) -> str | None:
+        """The blob this content is known to equal: what it was sealed into, or, until the
+        first change, the blob it starts from."""
+        if self.sealed:
+            return self.digest
+        return self.base if self.lazy is not None else None
+
     def unpin(self) -> None:
         self.readers -= 1
         if self.retired and self.readers <= 0:
@@ -127,7 +135,7 @@ class ReadHandle:
     async def _read_staging(self, staging: Staging, offset: int, size: int) -> bytes:
         current = self.node.staging
         if current is not None and current is not staging and not current.broken and \
-                current.base is not None and current.base == staging.digest:
+                current.base is not None and current.base == staging.shows:
             # Opened for writing again after a close, starting from what this reader read
             # (an append, an edit in place): read on in it. A rewrite from empty (O_TRUNC)
             # is another version, not mixed into what this reader has read so far.
