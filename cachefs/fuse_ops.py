@@ -327,7 +327,11 @@ class FuseOps(pyfuse3.Operations):
 
     @translated
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        await self.xattrs.set(self.fs.node(inode), name.decode("utf-8", "replace"), value)
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:  # kept as JSON text, like file names
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        await self.xattrs.set(self.fs.node(inode), text, value)
 
     @translated
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:

@@ -288,6 +288,9 @@ def test_user_xattrs_on_files(seaweed: SeaweedFS, bucket: str, mounter: Mounter)
     os.removexattr(f, "user.max")
     os.setxattr(f, "user.more", b"v" * 100)
     with pytest.raises(OSError) as info:
+        os.setxattr(f, b"user.\xff", b"v")
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as info:
         os.setxattr(f, "trusted.x", b"v")
     assert info.value.errno in (errno.EPERM, errno.EOPNOTSUPP)
     # cachefs's own names keep their meaning
