@@ -60,6 +60,8 @@ def manifest_entry(node: Node) -> dict[str, Any]:
         "type": node.kind.letter, "mode": node.mode, "uid": node.uid, "gid": node.gid,
         "mtime_ns": node.mtime_ns,
     }
+    if node.atime_ns is not None:
+        entry["atime_ns"] = node.atime_ns
     if node.pack is True:  # a pack object, shown as a directory
         entry.update(type="p", etag=node.etag, size=node.size)
     elif node.kind is not Kind.DIR:
@@ -91,6 +93,8 @@ def apply_manifest_entry(node: Node, entry: Mapping[str, Any]) -> bool:
         node.uid = int(entry.get("uid", node.uid))
         node.gid = int(entry.get("gid", node.gid))
         node.mtime_ns = node.ctime_ns = int(entry.get("mtime_ns", node.mtime_ns))
+        atime = entry.get("atime_ns")
+        node.atime_ns = int(atime) if atime is not None else None
     except (TypeError, ValueError):
         return False
     if kind == "l" and isinstance(entry.get("target"), str):

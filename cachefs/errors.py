@@ -82,6 +82,12 @@ class NoSpace(CacheFSError):
     errno = errno.ENOSPC
 
 
+class TooBig(CacheFSError):
+    """A value larger than the limit for it (an extended attribute over 16 KiB)."""
+
+    errno = errno.E2BIG
+
+
 class NotPermitted(CacheFSError):
     errno = errno.EPERM
 

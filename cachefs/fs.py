@@ -142,7 +142,7 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
                 readable=(flags & os.O_ACCMODE) == os.O_RDWR)
             keep = False
         else:
-            handle = await self._open_read(node)
+            handle = await self._open_read(node, follow=True)
             handle.version = self.content_token(node)
             # The kernel's page cache is one per inode: while another version of the file is
             # being written or read here, its pages could mix with ours, so this handle goes
@@ -168,10 +168,16 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
             handle.node.readers += 1
         return fh
 
-    async def _open_read(self, node: Node) -> ReadHandle:
+    async def _open_read(self, node: Node, follow: bool = False) -> ReadHandle:
+        """A reader of ``node``'s content; ``follow``: of what a writer has written so far,
+        if one has it open (see docs/SEMANTICS.md, Writing)."""
         handle = ReadHandle(node, timeout=self.opts.timeout, disk=self.limits.disk,
                             open_blob=self.blobs.open_reader, on_corrupt=self._corrupt,
                             reopen=lambda: self._open_read(node))
+        staging = node.staging
+        if follow and staging is not None and not staging.broken:
+            handle.follow(staging)
+            return handle
         if isinstance(node.pack, PackFile) and self.packs is not None:
             handle.reader = PackFileReader(self.packs, node.pack)  # type: ignore[assignment]
             self.stats.count("hits_pack")
@@ -196,9 +202,6 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
             else:
                 handle.fetch = self.fetcher.fetch(key, node.etag, node.size,
                                                   self._known_sha(node))
-            return handle
-        if node.staging is not None:  # created here, first writer still has it open
-            handle.staging = node.staging
             return handle
         if node.size == 0:
             return handle

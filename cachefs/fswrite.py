@@ -28,8 +28,14 @@ class WriteOps(PackBuildOps):
     async def _open_write(self, node: Node, truncate: bool, readable: bool) -> WriteHandle:
         staging = node.staging
         if staging is None:
-            staging = await self._new_staging(node, copy=not truncate)
-            node.staging = staging
+            fresh = await self._new_staging(node, copy=not truncate, lazy=True)
+            if node.staging is None:
+                node.staging = staging = fresh
+            else:  # another open made one meanwhile: share it
+                fresh.close()
+                staging = node.staging
+                if truncate:
+                    await self._truncate(node, staging, 0)
         elif truncate:
             await self._truncate(node, staging, 0)
         if truncate:
@@ -41,11 +47,28 @@ class WriteOps(PackBuildOps):
             handle.dirty = staging.dirty = True
         return handle
 
-    async def _new_staging(self, node: Node, copy: bool) -> Staging:
-        """A private copy of the file's current content (empty if ``copy`` is false)."""
+    async def _new_staging(self, node: Node, copy: bool, lazy: bool = False) -> Staging:
+        """A private copy of the file's current content (empty if ``copy`` is false).
+
+        ``lazy``: if that content is a local blob, copy it at the first change instead
+        (``_materialize``); until then reads go to the blob. Opening a file read-write
+        only to read it (SQLite, editors) then costs no copy, and nothing is uploaded.
+        """
         source = None
         if copy and node.size > 0:
             source = self.local_digest(node)
+            if source is not None and lazy:
+                reader = self.blobs.open_reader(source)  # pins the blob until copied
+                path = self.blobs.new_temp_path("stage")
+                try:
+                    fd = await trio.to_thread.run_sync(
+                        os.open, path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
+                        limiter=self.limits.disk)
+                except OSError:
+                    reader.close()
+                    raise
+                return Staging(path, fd, node.size, base_size=node.size, base=source,
+                               lazy=reader)
             if source is None and isinstance(node.pack, PackFile):
                 source = await self.pack_file_blob(node)  # a change to a pack file: copy up
             if source is None and node.etag is not None:
@@ -64,13 +87,34 @@ class WriteOps(PackBuildOps):
         if source is not None:
             self.blobs.touch(source)
         size = node.size if source is not None else 0
-        return Staging(path, fd, size, base_size=node.size,
+        return Staging(path, fd, size, base_size=node.size, base=source,
                        hasher=None if source is not None else DigestBuilder())
+
+    async def _materialize(self, staging: Staging, upto: int | None = None) -> None:
+        """Copy the blob a lazy staging file starts from into it (the caller holds its lock);
+        ``upto``: only that much is needed (a truncation)."""
+        reader = staging.lazy
+        if reader is None:
+            return
+        size = min(reader.size, staging.size if upto is None else upto)
+
+        def copy() -> None:
+            offset = 0
+            while offset < size:
+                chunk = os.pread(reader.fd, min(8 << 20, size - offset), offset)
+                if not chunk:
+                    raise OSError(errno.EIO, "the cached copy is shorter than it should be")
+                offset += os.pwrite(staging.fd, chunk, offset)
+
+        await trio.to_thread.run_sync(copy, limiter=self.limits.disk)
+        staging.lazy = None
+        reader.close()
 
     async def _truncate(self, node: Node, staging: Staging, size: int) -> None:
         async with staging.lock:
             if staging.sealed:
                 await self._unseal(node, staging, copy=size > 0)
+            await self._materialize(staging, upto=size)
             await trio.to_thread.run_sync(os.ftruncate, staging.fd, size,
                                           limiter=self.limits.disk)
             staging.size = size
@@ -101,6 +145,7 @@ class WriteOps(PackBuildOps):
             if staging.sealed:
                 await self._unseal(node, staging)
             try:
+                await self._materialize(staging)
                 written = await self._pwrite(node, staging, data, offset)
             except OSError as e:
                 staging.broken = f"{node.path()}: {e.strerror}; the file is not saved"
@@ -225,6 +270,12 @@ class WriteOps(PackBuildOps):
                     raise CacheFSError(staging.error)
                 return
             staging.dirty = False
+            if not self.table.reachable(node):
+                # Unlinked while open: its key is gone (or another file's now), so there is
+                # nothing to store; the staged bytes stay readable through open descriptors.
+                log.debug("%s: closed after unlink; nothing to store", node.name)
+                self._drop_stream(staging)
+                return
             stream = None
             if staging.hasher is not None and staging.hashed == staging.size:
                 size = staging.size
@@ -244,7 +295,7 @@ class WriteOps(PackBuildOps):
             # journaled (async) close, or a file kept for a pack, needs it on local disk first.
             await self.blobs.commit(staging.path, digest, size, crcs,
                                     durable=not self.opts.sync_writes or building is not None)
-            staging.sealed = True
+            staging.sealed, staging.digest = True, digest
             staging.path = self.blobs.path(digest)
             changed = node.digest != digest
             node.digest, node.size, node.etag = digest, size, None
@@ -329,8 +380,8 @@ class WriteOps(PackBuildOps):
 
     async def setattr(self, node: Node, *, size: int | None = None, mode: int | None = None,
                       uid: int | None = None, gid: int | None = None,
-                      mtime_ns: int | None = None, fh: int | None = None,
-                      caller_uid: int = 0) -> Node:
+                      mtime_ns: int | None = None, atime_ns: int | None = None,
+                      fh: int | None = None, caller_uid: int = 0) -> Node:
         self._check_writable(node)
         if caller_uid != 0 and (uid not in (None, self.table.uid) or
                                 gid not in (None, self.table.gid)):
@@ -363,7 +414,11 @@ class WriteOps(PackBuildOps):
         if gid is not None:
             node.gid, changed = gid, True
         if mtime_ns is not None:
+            if node.atime_ns is None:
+                node.atime_ns = node.mtime_ns  # it read as mtime: it stays where it was
             node.mtime_ns, changed = mtime_ns, True
+        if atime_ns is not None:
+            node.atime_ns, changed = atime_ns, True
         if changed:
             node.ctime_ns = now_ns()
             building = self.building_of(node)

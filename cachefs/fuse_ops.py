@@ -140,7 +140,9 @@ class FuseOps(pyfuse3.Operations):
         e.entry_timeout = self.ttl
         e.attr_timeout = self.ttl
         e.st_mode = node.st_mode
-        e.st_nlink = 2 if node.kind is Kind.DIR else 1
+        # An unlinked (or renamed-over) node kept alive by an open descriptor has no name.
+        linked = self.fs.table.reachable(node)
+        e.st_nlink = (2 if node.kind is Kind.DIR else 1) if linked else 0
         e.st_uid = node.uid
         e.st_gid = node.gid
         e.st_rdev = 0
@@ -150,7 +152,7 @@ class FuseOps(pyfuse3.Operations):
         e.st_blocks = (size + 511) // 512
         e.st_mtime_ns = node.mtime_ns
         e.st_ctime_ns = node.ctime_ns
-        e.st_atime_ns = node.mtime_ns
+        e.st_atime_ns = node.mtime_ns if node.atime_ns is None else node.atime_ns
         return e
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -191,6 +193,7 @@ class FuseOps(pyfuse3.Operations):
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
             fh=fh, caller_uid=ctx.uid)
         return self.attrs(node)
 
@@ -324,7 +327,11 @@ class FuseOps(pyfuse3.Operations):
 
     @translated
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        await self.xattrs.set(self.fs.node(inode), name.decode("utf-8", "replace"), value)
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:  # kept as JSON text, like file names
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        await self.xattrs.set(self.fs.node(inode), text, value)
 
     @translated
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:

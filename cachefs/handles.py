@@ -2,13 +2,16 @@
 
 A reader is bound to the content the file had when it was opened, so a rewrite in progress never
 mixes old and new bytes. Writers of one file share one staging file in the cache dir's ``tmp/``;
-closing it seals the staging file into the blob tier and hands it to write-back.
+closing it seals the staging file into the blob tier and hands it to write-back. A reader opened
+while a writer has the file open reads the staging file instead: the bytes written so far, as
+programs on one machine expect (``tail -f``, a build step reading what another just wrote).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -46,13 +49,55 @@ class Staging:
     hashed: int = 0
     #: parts sent while the file is written in order (sync mode), a streamup.StreamUpload
     stream: Any = None
+    #: the blob this staging file started as a copy of (None: it started empty)
+    base: str | None = None
+    #: the blob it was last sealed into
+    digest: str | None = None
+    #: readers following this content (ReadHandle.follow): the fd stays open while they read
+    readers: int = 0
+    #: opened without O_TRUNC and not changed yet: the content is still this blob's, not
+    #: copied in (a blobs.BlobReader; see WriteOps._materialize)
+    lazy: Any = None
+    #: the last writer let go; the fd closes when the last reader does
+    retired: bool = False
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """The last writer let go: nothing writes here again (a new writer starts a new one)."""
+        self.retired = True
         if not self.sealed:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                self.path.unlink()  # readers still holding the fd read on
+        if self.readers <= 0:
+            self._close_fd()
+
+    @property
+    def shows(self) -> str | None:
+        """The blob this content is known to equal: what it was sealed into, or, until the
+        first change, the blob it starts from."""
+        if self.sealed:
+            return self.digest
+        return self.base if self.lazy is not None else None
+
+    def unpin(self) -> None:
+        self.readers -= 1
+        if self.retired and self.readers <= 0:
+            self._close_fd()
+
+    async def pread(self, size: int, offset: int, disk: trio.CapacityLimiter) -> bytes:
+        """Read the current content (the caller holds the lock: no fd swap, no half write)."""
+        if self.lazy is not None:
+            data: bytes = await self.lazy.read(offset, min(size, max(0, self.size - offset)))
+            return data
+        return await trio.to_thread.run_sync(os.pread, self.fd, size, offset, limiter=disk)
+
+    def _close_fd(self) -> None:
+        if self.lazy is not None:
+            self.lazy.close()
+            self.lazy = None
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 class ReadHandle:
@@ -80,7 +125,32 @@ class ReadHandle:
         #: opened while another version is being read or written: bypass the page cache
         self.direct_io = False
 
+    def follow(self, staging: Staging) -> None:
+        """Read the file's staging file, and the next one, while this handle is open."""
+        if self.staging is not None:
+            self.staging.unpin()
+        staging.readers += 1
+        self.staging = staging
+
+    async def _read_staging(self, staging: Staging, offset: int, size: int) -> bytes:
+        current = self.node.staging
+        if current is not None and current is not staging and not current.broken and \
+                current.base is not None and current.base == staging.shows:
+            # Opened for writing again after a close, starting from what this reader read
+            # (an append, an edit in place): read on in it. A rewrite from empty (O_TRUNC)
+            # is another version, not mixed into what this reader has read so far.
+            self.follow(current)
+            staging = current
+        if staging.broken:
+            raise OSError(errno.EIO, f"{staging.broken} (this reader saw it being written)")
+        assert self.disk is not None
+        # Under the writers' lock: an unseal swaps the fd, and no read sees half a write.
+        async with staging.lock:
+            return await staging.pread(size, offset, self.disk)
+
     async def read(self, offset: int, size: int) -> bytes:
+        if self.staging is not None:
+            return await self._read_staging(self.staging, offset, size)
         for _ in range(3):
             if self.fetch is not None and self.fetch.digest is not None and self.open_blob:
                 # The fetch finished: read the verified blob from now on.
@@ -115,10 +185,6 @@ class ReadHandle:
                     except ReadTheBlob:
                         continue  # the fetch has its digest now: the blob is read instead
                 continue
-            if self.staging is not None:
-                assert self.disk is not None
-                return await trio.to_thread.run_sync(os.pread, self.staging.fd, size, offset,
-                                                     limiter=self.disk)
             return b""
         raise ChecksumMismatch(f"{self.node.name}: content kept failing verification")
 
@@ -127,6 +193,9 @@ class ReadHandle:
             self.reader.close()
             self.reader = None
         self.fetch = None
+        if self.staging is not None:
+            self.staging.unpin()
+            self.staging = None
 
 
 class WriteHandle:
@@ -142,8 +211,8 @@ class WriteHandle:
         self.dirty = False
 
     async def read(self, offset: int, size: int) -> bytes:
-        return await trio.to_thread.run_sync(os.pread, self.node.staging.fd, size, offset,
-                                             limiter=self.disk)
+        async with self.staging.lock:
+            return await self.staging.pread(size, offset, self.disk)
 
     def close(self) -> None:
         pass

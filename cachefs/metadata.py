@@ -33,6 +33,8 @@ def encode_entry(node: Node) -> str:
         "k": node.kind.letter, "s": node.size, "m": node.mode, "u": node.uid, "g": node.gid,
         "t": node.mtime_ns, "src": node.source,
     }
+    if node.atime_ns is not None:
+        data["at"] = node.atime_ns
     if node.etag is not None:
         data["e"] = node.etag
     if node.digest:
@@ -57,6 +59,7 @@ def decode_entry(text: str) -> dict[str, Any]:
     return {
         "kind": Kind.from_letter(data["k"]), "size": data.get("s", 0), "mode": data["m"],
         "uid": data["u"], "gid": data["g"], "mtime_ns": data["t"], "ctime_ns": data["t"],
+        "atime_ns": data.get("at"),
         "etag": data.get("e"), "digest": data.get("d"), "target": data.get("l"),
         "xattrs": dict(data.get("x") or {}), "source": data.get("src", "store"),
         "origin_url": data.get("o"), "attrs_from": data.get("a", "default"),

@@ -54,6 +54,8 @@ class Node:
     gid: int = 0
     mtime_ns: int = 0
     ctime_ns: int = 0
+    #: set by utimensat; None: reads as mtime (the mount is noatime: reads never move it)
+    atime_ns: int | None = None
     size: int = 0
     #: store version this node shows; None while its content exists only here
     etag: str | None = None

@@ -8,11 +8,12 @@ mount is visible (a sibling container included).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import InvalidArgument, NotFound, ReadOnly, Unsupported
+from .errors import InvalidArgument, NoSpace, NotFound, ReadOnly, TooBig, Unsupported
 from .nodes import Kind, Node
 
 NS = "user.cachefs."
@@ -23,8 +24,38 @@ CONTROL = ("pid", "stats", "sync", "status", "store", "version", "config", "keys
 READ_ACTIONS = ("warm", "verify", "pack")
 #: settings a directory carries for everything below it (issue: origin fallback)
 DIR_SETTINGS = ("origin", "origin-fetch", "checksums")
+#: one value (E2BIG past it), and all names and values of one file (ENOSPC past it): a file's
+#: attributes live in its directory's manifest, which every listing downloads whole
 MAX_VALUE = 16 << 10
 MAX_TOTAL = 32 << 10
+#: how a value that is not UTF-8 text is kept (manifests and the cache dir hold JSON text); a text
+#: value that happens to start with it is kept the same way, so every value reads back exactly
+BINARY = "\x00base64:"
+
+
+def encode_value(value: bytes) -> str:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = BINARY
+    if text.startswith(BINARY):
+        return BINARY + base64.b64encode(value).decode("ascii")
+    return text
+
+
+def decode_value(text: str) -> bytes:
+    if text.startswith(BINARY):
+        try:
+            return base64.b64decode(text[len(BINARY):], validate=True)
+        except ValueError:
+            pass  # written by hand into a manifest: shown as it is
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _stored_size(xattrs: dict[str, str], skip: str) -> int:
+    """Bytes of names and values a file holds, as programs gave them (``skip`` is replaced)."""
+    return sum(len(k.encode("utf-8", "surrogateescape")) + len(decode_value(v))
+               for k, v in xattrs.items() if k != skip)
 
 
 class NoAttr(NotFound):
@@ -57,7 +88,7 @@ class Xattrs:
                 raise NoAttr(name)
             return attr.encode()
         if name in node.xattrs:
-            return node.xattrs[name].encode()
+            return decode_value(node.xattrs[name])
         raise NoAttr(name)
 
     def _cachefs_attr(self, node: Node, short: str) -> str | None:
@@ -93,11 +124,14 @@ class Xattrs:
         if self.fs.opts.read_only or self.fs.in_pack(node):
             raise ReadOnly("the mount (or this pack) is read-only")
         if len(value) > MAX_VALUE:
-            raise InvalidArgument(f"{name}: value longer than {MAX_VALUE} bytes")
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidArgument(f"{name}: values must be UTF-8 text") from None
+            raise TooBig(f"{name}: value longer than {MAX_VALUE} bytes")
+        if not name.startswith(NS):
+            text = encode_value(value)
+        else:
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument(f"{name}: values must be UTF-8 text") from None
         if name.startswith(NS):
             short = name[len(NS):]
             if node is self.fs.table.root and short in self.actions:
@@ -115,14 +149,17 @@ class Xattrs:
                         any(c not in "0123456789abcdef" for c in text):
                     raise InvalidArgument(f"{name} must be a 64-digit hex SHA-256")
             self.validate_setting(node, short, text)
-        if sum(len(k) + len(v) for k, v in node.xattrs.items()) + len(text) > MAX_TOTAL:
-            raise InvalidArgument("too many extended attributes on one file")
+        total = _stored_size(node.xattrs, name) + len(name.encode("utf-8", "surrogateescape")) \
+            + len(value)
+        if total > MAX_TOTAL:
+            raise NoSpace(f"{node.path() or '/'}: extended attributes would take {total} bytes, "
+                          f"more than {MAX_TOTAL} per file")
         node.xattrs[name] = text
         self.fs._attrs_changed(node)
 
     async def remove(self, node: Node, name: str) -> None:
-        if self.fs.opts.read_only:
-            raise ReadOnly("the mount is read-only")
+        if self.fs.opts.read_only or self.fs.in_pack(node):
+            raise ReadOnly("the mount (or this pack) is read-only")
         if name not in node.xattrs:
             raise NoAttr(name)
         del node.xattrs[name]
