@@ -229,6 +229,7 @@ class Namespace:
                 await flat.wait()
                 if self.fresh(directory):
                     break
+                continue  # another task may have started listing it meanwhile
             event = self._listing[directory.ino] = trio.Event()
             try:
                 await self._list(directory)

@@ -128,7 +128,7 @@ def test_stress_writers_listings_renames_over_used_prefix(seaweed: SeaweedFS,
     writers, rounds = 4, 12
     old = [f"t{w}/r{r}/s{s}/f{i}-{j}.bin" for w in range(writers) for r in range(3)
            for s in range(3) for i in range(rounds) for j in range(4) if i % 3 == r][::3]
-    old += [f"t{w}/moved{r}/s0/x.bin" for w in range(writers) for r in range(3, rounds, 4)]
+    old += [f"t{w}/moved{r}/x.bin" for w in range(writers) for r in range(3, rounds, 4)]
     used_before(seaweed, bucket, "p/", old)
     m = mounter("--store", f"s3://{bucket}/p", "--metadata-ttl", "0", "--timeout", "60",
                 server=seaweed)
