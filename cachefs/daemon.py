@@ -178,10 +178,14 @@ class Daemon:
                                    disk=self.limiters.disk, cpu=self.limiters.cpu,
                                    stats=self.stats, compress_level=level)
         self.notifier = KernelNotifier()
+        self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
+                                        entries_for=self._manifest_entries,
+                                        on_written=self._manifest_written)
         self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
                             ttl=config.metadata_ttl, notifier=self.notifier,
                             pending_kind=self.writeback.pending_kind,
-                            pending_put=self.writeback.pending_put)
+                            pending_put=self.writeback.pending_put,
+                            manifest_pending=self.manifests.pending)
         self.origin_client = OriginClient(config.timeout)
         self.fetcher = Fetcher(store, self.blobs, s3=self.limiters.s3, disk=self.limiters.disk,
                                cpu=self.limiters.cpu, stats=self.stats,
@@ -189,9 +193,6 @@ class Daemon:
         self.origins = OriginFallback(self.origin_client, self.ns, self.table, self.metadata,
                                       self.stats, mount_origins=parse_origin_options(config.origin),
                                       default_mode=config.origin_fetch, ttl=config.metadata_ttl)
-        self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
-                                        entries_for=self._manifest_entries,
-                                        on_written=self._manifest_written)
         self.fs = CacheFS(ns=self.ns, table=self.table, blobs=self.blobs, fetcher=self.fetcher,
                           writeback=self.writeback, manifests=self.manifests,
                           metadata=self.metadata, stats=self.stats, limiters=self.limiters,

@@ -20,6 +20,11 @@ class NotFound(CacheFSError):
     errno = errno.ENOENT
 
 
+class Detached(NotFound):
+    """A node is no longer attached to the root (unlinked, or its directory went away), so it
+    has no key: it must never be given one built from a partial path."""
+
+
 class BucketNotFound(NotFound):
     """The bucket named by the store URL does not exist."""
 

@@ -85,6 +85,8 @@ class OriginFallback:
 
     def origin_for(self, directory: Node) -> tuple[str, str] | None:
         """(base URL, path of ``directory`` relative to the origin's directory)."""
+        if not directory.attached:
+            return None  # it went away: nothing to fetch into
         parts: list[str] = []
         node: Node | None = directory
         while node is not None:

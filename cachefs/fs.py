@@ -125,7 +125,7 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
 
     async def readlink(self, node: Node) -> str:
         if node.kind is not Kind.LINK or node.target is None:
-            raise InvalidArgument(f"{node.path()} is not a symlink")
+            raise InvalidArgument(f"{node.describe()} is not a symlink")
         return node.target
 
     # -- reading -------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
     async def open(self, node: Node, flags: int) -> tuple[int, bool]:
         """Open a file; returns (handle, keep_cache)."""
         if node.kind is Kind.DIR:
-            raise IsADirectory(node.path())
+            raise IsADirectory(node.describe())
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
             self._check_writable(node)
@@ -205,7 +205,7 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
             return handle
         if node.size == 0:
             return handle
-        raise CacheFSError(f"{node.path()}: content is missing from the cache and the store")
+        raise CacheFSError(f"{node.describe()}: content is missing from the cache and the store")
 
     async def _fetch_and_open(self, node: Node) -> BlobReader:
         """Fetch a small object whole and open its blob.
@@ -219,8 +219,8 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
                 return self.blobs.open_reader(digest)
             except FileNotFoundError:
                 log.info("%s: evicted before it was opened; fetching again (%d)",
-                         node.path(), attempt + 1)
-        raise CacheFSError(f"{node.path()}: the blob tier is too small to hold it open")
+                         node.describe(), attempt + 1)
+        raise CacheFSError(f"{node.describe()}: the blob tier is too small to hold it open")
 
     def local_digest(self, node: Node) -> str | None:
         if node.digest and self.blobs.has(node.digest):
@@ -325,7 +325,7 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
         for node in nodes:
             self.open_overlay(node)
             if self.in_pack(node):
-                raise ReadOnly(f"{node.path() or '/'} is inside a pack, which is read-only")
+                raise ReadOnly(f"{node.describe()} is inside a pack, which is read-only")
 
     @staticmethod
     def in_pack(node: Node) -> bool:

@@ -91,7 +91,7 @@ class PackBuildOps(CoreState):
         node.listed_at = float("inf")  # its contents live here only: never listed
         self.building[node.ino] = Building(node, blog, trio.current_time())
         log.info("%s: building a pack (sealed when idle %.0fs, at sync or unmount)",
-                 node.path(), self.pack_idle)
+                 node.describe(), self.pack_idle)
 
     async def build_put(self, b: Building, node: Node) -> None:
         """A file closed, or a directory/symlink made or changed, below ``b``: log it."""
@@ -162,7 +162,7 @@ class PackBuildOps(CoreState):
                 try:
                     await self.seal(b)
                 except CacheFSError as e:
-                    log.error("%s: not sealed: %s (tried again later)", b.node.path(), e)
+                    log.error("%s: not sealed: %s (tried again later)", b.node.describe(), e)
                     self._changed(b)
 
     async def seal_all(self) -> list[str]:
@@ -174,7 +174,7 @@ class PackBuildOps(CoreState):
             try:
                 await self.seal(b)
             except CacheFSError as e:
-                errors.append(f"{b.node.path()}: {e}")
+                errors.append(f"{b.node.describe()}: {e}")
         return errors
 
     async def seal(self, b: Building) -> Op | None:
@@ -262,7 +262,7 @@ class PackBuildOps(CoreState):
                 while offset < node.size:
                     data = await reader.read(offset, 1 << 20)
                     if not data:
-                        raise CacheFSError(f"{node.path()}: pack file ended early")
+                        raise CacheFSError(f"{node.describe()}: pack file ended early")
                     await trio.to_thread.run_sync(f.write, data, limiter=self.limits.disk)
                     offset += len(data)
             digest, size, crcs = await trio.to_thread.run_sync(digest_path, temp,
@@ -271,7 +271,7 @@ class PackBuildOps(CoreState):
             reader.close()
         if node.digest and digest != node.digest:
             temp.unlink(missing_ok=True)
-            raise CacheFSError(f"{node.path()}: content does not match the pack's table")
+            raise CacheFSError(f"{node.describe()}: content does not match the pack's table")
         await self.blobs.commit(temp, digest, size, crcs)
         return digest
 
@@ -279,7 +279,7 @@ class PackBuildOps(CoreState):
         """Write the tree shown at ``node`` (a pack, with its layer of changes if any) as a new
         pack ``key``: only new content is uploaded; unchanged files point at stored frames."""
         if node.pack not in (True, BUILDING):
-            raise CacheFSError(f"{node.path() or '/'} is not a mounted pack")
+            raise CacheFSError(f"{node.describe()} is not a mounted pack")
         await self.ns.children(node)
         b = self.building.get(node.ino)
         if b is not None:

@@ -30,17 +30,23 @@ log = logging.getLogger(__name__)
 class TreeOps(PackBuildOps):
     async def _absent(self, parent: Node, name: str) -> None:
         if await self.ns.lookup(parent, name) is not None:
-            raise Exists(f"{parent.path()}/{name}".lstrip("/"))
+            raise Exists(f"{parent.describe()}/{name}".lstrip("/"))
 
     def _attach(self, parent: Node, node: Node) -> None:
         assert parent.children is not None
+        replaced = parent.children.get(node.name)
         parent.children[node.name] = node
+        if replaced is not None and replaced is not node:  # one node per name, always
+            self.table.detach(replaced)
+            self.ns.notifier.entry_removed(parent.ino, node.name, replaced.ino)
         self._note(parent, node.name)
         parent.touch()
 
     def _note(self, parent: Node, name: str) -> None:
         """``parent``'s entry ``name`` changed: its manifest and the listing cache follow
-        (not below a NAME.pack being built: that tree is only ever stored as the pack)."""
+        (not below a NAME.pack being built: that tree is only ever stored as the pack), and
+        no listing that began earlier may undo it."""
+        self.ns.local_change(parent, name)
         if self.building_of(parent) is None:
             self.manifests.mark(parent.path(), name)
             self.metadata.mark(parent)
@@ -48,11 +54,13 @@ class TreeOps(PackBuildOps):
     async def create(self, parent: Node, name: str, mode: int, flags: int,
                      uid: int, gid: int) -> tuple[Node, int]:
         self._check_writable(parent)
-        await self._absent(parent, name)
-        node = self.table.new(Kind.FILE, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
-                              mtime_ns=now_ns(), source="local", attrs_from="local")
-        node.staging = await self._new_staging(node, copy=False)
-        self._attach(parent, node)
+        with self.ns.reserving((parent, name)):
+            await self._absent(parent, name)
+            node = self.table.new(Kind.FILE, name, parent, mode=mode & 0o7777, uid=uid,
+                                  gid=gid, mtime_ns=now_ns(), source="local",
+                                  attrs_from="local")
+            node.staging = await self._new_staging(node, copy=False)
+            self._attach(parent, node)
         handle = await self._open_write(node, truncate=False,
                                         readable=(flags & os.O_ACCMODE) == os.O_RDWR)
         handle.dirty = node.staging.dirty = True  # an empty file is still a file to store
@@ -60,6 +68,10 @@ class TreeOps(PackBuildOps):
 
     async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         self._check_writable(parent)
+        with self.ns.reserving((parent, name)):
+            return await self._mkdir(parent, name, mode, uid, gid)
+
+    async def _mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         await self._absent(parent, name)
         node = self.table.new(Kind.DIR, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), children={}, listed_at=self.ns.clock(),
@@ -81,6 +93,10 @@ class TreeOps(PackBuildOps):
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
         self._check_writable(parent)
+        with self.ns.reserving((parent, name)):
+            return await self._symlink(parent, name, target, uid, gid)
+
+    async def _symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
         await self._absent(parent, name)
         node = self.table.new(Kind.LINK, name, parent, mode=0o777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), target=target, size=len(target.encode()),
@@ -158,6 +174,15 @@ class TreeOps(PackBuildOps):
             await self._rename_in_build(building, old_parent, old_name, node, new_parent,
                                         new_name, noreplace)
             return
+        # Listings of both entries and of the moving tree wait for the end (they would see
+        # the store half moved), and no manifest is written under a path that is changing.
+        async with self.manifests.paused():
+            with self.ns.moving(node, (old_parent, old_name), (new_parent, new_name)):
+                await self._rename_store(old_parent, old_name, node, new_parent, new_name,
+                                         noreplace)
+
+    async def _rename_store(self, old_parent: Node, old_name: str, node: Node,
+                            new_parent: Node, new_name: str, noreplace: bool) -> None:
         target = await self._rename_target(node, new_parent, new_name, noreplace)
         if target is node:
             return
@@ -237,7 +262,7 @@ class TreeOps(PackBuildOps):
             meta["cachefs-body"] = node.target or ""
             return [("put", new_key, {"meta": meta}), ("delete", old_key, {})]
         if node.digest is None:
-            raise CacheFSError(f"{node.path()}: content is not available to move")
+            raise CacheFSError(f"{node.describe()}: content is not available to move")
         meta = attrs_mod.object_metadata(node, node.digest)
         return [("put", new_key, {"digest": node.digest, "size": node.size, "meta": meta}),
                 ("delete", old_key, {})]

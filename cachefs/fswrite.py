@@ -74,7 +74,7 @@ class WriteOps(PackBuildOps):
             if source is None and node.etag is not None:
                 source = await self._fetch_whole(node)
             if source is None:
-                raise CacheFSError(f"{node.path()}: current content is not available")
+                raise CacheFSError(f"{node.describe()}: current content is not available")
         path = self.blobs.new_temp_path("stage")
 
         def make() -> int:
@@ -148,7 +148,7 @@ class WriteOps(PackBuildOps):
                 await self._materialize(staging)
                 written = await self._pwrite(node, staging, data, offset)
             except OSError as e:
-                staging.broken = f"{node.path()}: {e.strerror}; the file is not saved"
+                staging.broken = f"{node.describe()}: {e.strerror}; the file is not saved"
                 staging.broken_errno = e.errno or errno.EIO
                 raise OSError(staging.broken_errno, staging.broken) from None
             staging.size = max(staging.size, offset + written)
@@ -229,7 +229,7 @@ class WriteOps(PackBuildOps):
                     if staging.dirty and not staging.broken:
                         await self._commit(node)
                 except CacheFSError as e:
-                    log.warning("%s: not saved at release: %s", node.path(), e)
+                    log.warning("%s: not saved at release: %s", node.describe(), e)
                 finally:
                     staging.writers -= 1
                     if staging.writers <= 0:
@@ -262,6 +262,10 @@ class WriteOps(PackBuildOps):
         staging = node.staging
         if staging is None:
             return
+        if not node.attached:  # unlinked (or its directory removed) while open: not stored
+            log.debug("%s: removed while open; its content is not stored", node.describe())
+            staging.dirty = False
+            return
         async with staging.lock:
             if staging.broken:
                 raise OSError(staging.broken_errno, staging.broken)
@@ -289,7 +293,7 @@ class WriteOps(PackBuildOps):
             staging.hasher = None
             building = self.building_of(node)
             if building is None and self.in_pack(node):
-                raise ReadOnly(f"{node.path()}: its NAME.pack directory was sealed while the "
+                raise ReadOnly(f"{node.describe()}: its NAME.pack directory was sealed while the "
                                "file was open; what was written after that is not saved")
             # In sync mode the upload makes it durable before close() returns; only a
             # journaled (async) close, or a file kept for a pack, needs it on local disk first.
@@ -299,6 +303,7 @@ class WriteOps(PackBuildOps):
             staging.path = self.blobs.path(digest)
             changed = node.digest != digest
             node.digest, node.size, node.etag = digest, size, None
+            self.ns.local_change(node)
             node.source, node.attrs_from = "local", "local"
             if changed:  # pages read through older handles must not outlive them
                 self.ns.notifier.inode_changed(node.ino)
@@ -363,14 +368,17 @@ class WriteOps(PackBuildOps):
             node.pending = max(0, node.pending - 1)
         else:  # replayed from the journal after a restart
             node = self.ns.find_key(op.key)
-        if node is None or op.superseded or op.info is None or node.parent is None:
+        if node is None or op.superseded or op.info is None or not node.attached:
             return
-        if node.pack == SEALING and op.kind == "put" and self.ns.key(node) == op.key:
+        assert node.parent is not None
+        key = self.ns.key(node)
+        if node.pack == SEALING and op.kind == "put" and key == op.key:
             self.pack_uploaded(node, op)
             return
-        if self.ns.key(node) == op.key and node.kind is not Kind.DIR and \
+        if key == op.key and node.kind is not Kind.DIR and \
                 (op.kind != "put" or node.digest == op.digest):
             node.etag = op.info.etag
+            self.ns.local_change(node)
             if node.digest:
                 self.blobs.bind(op.key, node.etag, node.digest)
             self.manifests.mark(node.parent.path(), node.name)
@@ -430,6 +438,7 @@ class WriteOps(PackBuildOps):
 
     def _attrs_changed(self, node: Node) -> None:
         node.attrs_from = "local"
+        self.ns.local_change(node)
         parent = node.parent
         if parent is None:
             if node is self.table.root:

@@ -13,9 +13,10 @@ merged with what other writers stored meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -73,6 +74,8 @@ class ManifestWriter:
         self.entries_for = entries_for
         self.on_written = on_written
         self.dirty: dict[str, set[str]] = {}
+        #: what the flush in progress is writing
+        self._flushing: dict[str, set[str]] = {}
         self.failures = 0
         self._wake = trio.Event()
         self._lock = trio.Lock()
@@ -85,6 +88,17 @@ class ManifestWriter:
     def mark(self, dir_path: str, name: str) -> None:
         self.dirty.setdefault(dir_path, set()).add(name)
         self._wake.set()
+
+    def pending(self, dir_path: str, name: str) -> bool:
+        """Whether the entry changed here and the stored manifest does not have it yet (a
+        manifest read meanwhile is older than what the mount shows)."""
+        return name in self.dirty.get(dir_path, ()) or name in self._flushing.get(dir_path, ())
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No manifest is written inside the block (a rename moves the names it would write)."""
+        async with self._lock:
+            yield
 
     def moved(self, old_dir: str, new_dir: str) -> None:
         """A directory was renamed: its pending names follow it."""
@@ -115,12 +129,16 @@ class ManifestWriter:
             work, self.dirty = self.dirty, {}
             if not work:
                 return
-            await self.metadata.save_manifest_dirty(
-                (d, n) for d, names in work.items() for n in names)
-            errors: list[str] = []
-            async with trio.open_nursery() as nursery:
-                for directory, names in work.items():
-                    nursery.start_soon(self._flush_dir, directory, names, errors)
+            self._flushing = work
+            try:
+                await self.metadata.save_manifest_dirty(
+                    (d, n) for d, names in work.items() for n in names)
+                errors: list[str] = []
+                async with trio.open_nursery() as nursery:
+                    for directory, names in work.items():
+                        nursery.start_soon(self._flush_dir, directory, names, errors)
+            finally:
+                self._flushing = {}
             if errors:
                 raise CacheFSError(f"{len(errors)} manifest(s) not written: {errors[0]}")
 

@@ -103,7 +103,8 @@ class MetadataCache:
     def mark(self, directory: Node) -> None:
         """Rewrite this directory's rows at the next flush (not inside packs: their tables
         of contents are kept instead)."""
-        if directory.children is not None and directory.listed_at != float("inf"):
+        if directory.children is not None and directory.listed_at != float("inf") and \
+                directory.attached:
             self.dirty[directory.path()] = directory
 
     def drop(self, path: str) -> None:
@@ -117,7 +118,7 @@ class MetadataCache:
         self.dropped.clear()
         rows = []
         for node in list(self.dirty.values()):
-            if node.children is None or (node is not root and node.parent is None):
+            if node.children is None or not node.attached:
                 continue
             rows.append((node.path(), node.listed_at, node.manifest_etag,
                          [(name, encode_entry(c)) for name, c in node.children.items()]))

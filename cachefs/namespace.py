@@ -5,13 +5,20 @@ the first time it is needed and again once its listing is older than the metadat
 are kept in the cache dir, so a remount starts from them. A listing never overrides local state:
 a file written here and not yet uploaded, or deleted here and not yet deleted in the store, stays
 as the mount shows it until the store catches up.
+
+A listing takes time, and the mount changes meanwhile. Every local change gets a sequence number
+(``local_change``); a listing remembers the number it began at and never replaces or drops a node
+changed after that, nor brings back a name removed after that. Names being created or moved are
+reserved (``reserving``/``moving``) and a listing leaves them alone until the change is done, so a
+directory made here over a listed one of the same name stays one node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import trio
@@ -55,6 +62,7 @@ class Namespace:
                  s3: trio.CapacityLimiter, ttl: float, notifier: Notifier,
                  pending_kind: Callable[[str], str | None],
                  pending_put: Callable[[str], Any] = lambda key: None,
+                 manifest_pending: Callable[[str, str], bool] = lambda path, name: False,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.prefix = prefix
@@ -76,6 +84,18 @@ class Namespace:
         self.flat_listings = 0
         #: fills in a pack directory from its table of contents (set by the daemon)
         self.pack_loader: Callable[[Node], Awaitable[None]] | None = None
+        #: sequence number of the last local change (see the module docstring)
+        self.seq = 0
+        #: names removed here: directory inode -> name -> seq of the removal
+        self._removed: dict[int, dict[str, int]] = {}
+        #: (directory inode, name) pairs a create or rename is working on
+        self._reserved: dict[tuple[int, str], int] = {}
+        #: directories being renamed (their subtree's listings are not merged meanwhile)
+        self._moving: dict[int, int] = {}
+        #: listings in progress, by the sequence number they began at
+        self._active: dict[int, int] = {}
+        #: whether the manifest entry (dir path, name) changed here and is not written yet
+        self.manifest_pending = manifest_pending
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background subtree listings live here."""
@@ -93,6 +113,68 @@ class Namespace:
     def dir_prefix(self, node: Node) -> str:
         path = node.path()
         return self.prefix + path + "/" if path else self.prefix
+
+    # -- local changes -------------------------------------------------------------------------
+
+    def local_change(self, directory: Node, name: str | None = None) -> None:
+        """``directory`` (its entry ``name``, if given) changed here: listings that began
+        before now must not undo it."""
+        self.seq += 1
+        if name is not None:
+            child = (directory.children or {}).get(name)
+            if child is None:
+                self._removed.setdefault(directory.ino, {})[name] = self.seq
+            else:
+                child.changed_seq = self.seq
+                self._removed.get(directory.ino, {}).pop(name, None)
+        for node in (directory, *directory.ancestors()):
+            node.changed_seq = self.seq
+
+    @contextlib.contextmanager
+    def reserving(self, *entries: tuple[Node, str]) -> Iterator[None]:
+        """Listings leave these (directory, name) entries alone until the block ends."""
+        keys = [(d.ino, n) for d, n in entries]
+        for key in keys:
+            self._reserved[key] = self._reserved.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            for key in keys:
+                if self._reserved[key] <= 1:
+                    del self._reserved[key]
+                else:
+                    self._reserved[key] -= 1
+            for directory, name in entries:
+                self.local_change(directory, name)
+
+    @contextlib.contextmanager
+    def moving(self, node: Node, old: tuple[Node, str], new: tuple[Node, str]) \
+            -> Iterator[None]:
+        """``node`` moves from entry ``old`` to entry ``new``: both entries are reserved, and
+        listings of its subtree (which see the store half moved) are not merged."""
+        with self.reserving(old, new):
+            self._moving[node.ino] = self._moving.get(node.ino, 0) + 1
+            try:
+                yield
+            finally:
+                if self._moving[node.ino] <= 1:
+                    del self._moving[node.ino]
+                else:
+                    self._moving[node.ino] -= 1
+
+    def _in_move(self, directory: Node) -> bool:
+        return bool(self._moving) and any(
+            n.ino in self._moving for n in (directory, *directory.ancestors()))
+
+    def _undone_locally(self, directory: Node, name: str, since: int) -> bool:
+        """Whether a listing that began at ``since`` would undo a change made here to the
+        entry ``name`` of ``directory``."""
+        if (directory.ino, name) in self._reserved:
+            return True
+        node = (directory.children or {}).get(name)
+        if node is not None and node.changed_seq > since:
+            return True
+        return self._removed.get(directory.ino, {}).get(name, 0) > since
 
     def find(self, path: str) -> Node | None:
         """The node at ``path`` if it is in memory (no listing)."""
@@ -147,6 +229,7 @@ class Namespace:
                 await flat.wait()
                 if self.fresh(directory):
                     break
+                continue  # another task may have started listing it meanwhile
             event = self._listing[directory.ino] = trio.Event()
             try:
                 await self._list(directory)
@@ -190,6 +273,10 @@ class Namespace:
             self._flat.pop(top.ino).set()
 
     async def _flat_listing(self, top: Node) -> None:
+        with self._listing_from() as since:
+            await self._flat_listing_since(top, since)
+
+    async def _flat_listing_since(self, top: Node, since: int) -> None:
         prefix = self.dir_prefix(top)
         groups: dict[str, tuple[list[ObjectInfo], set[str]]] = {"": ([], set())}
         token: str | None = None
@@ -209,6 +296,8 @@ class Namespace:
                 last = ""
                 break
         self.flat_listings += 1
+        if not top.attached or self.dir_prefix(top) != prefix:
+            return  # moved or removed meanwhile: the listing describes somewhere else
         now = self.clock()
         manifests: list[tuple[Node, str, ObjectInfo]] = []
         for rel in sorted(groups, key=lambda r: (r.count("/"), r) if r else (-1, "")):
@@ -218,9 +307,11 @@ class Namespace:
             node = self.find(f"{top.path()}/{rel}".strip("/")) if rel else top
             if node is None or node.kind is not Kind.DIR or (node is not top and self.fresh(node)):
                 continue
+            if self._in_move(node):
+                continue
             objects, subdirs = groups[rel]
             page = ListPage(objects, [dir_prefix + d + "/" for d in sorted(subdirs)])
-            self.merge(node, dir_prefix, page, None)
+            self.merge(node, dir_prefix, page, None, since, keep_dirs=True)
             node.listed_at = now
             self.metadata.mark(node)
             info = next((o for o in objects if o.key == dir_prefix + MANIFEST_NAME), None)
@@ -231,9 +322,11 @@ class Namespace:
                 nursery.start_soon(self._apply_manifest, node, dir_prefix, info)
 
     async def _apply_manifest(self, node: Node, prefix: str, info: ObjectInfo) -> None:
+        since = self.seq
         entries = await self._read_manifest(node, info)
-        if entries and node.children is not None:
-            self._apply_entries(node, node.children, entries)
+        if entries and node.children is not None and node.attached and \
+                self.dir_prefix(node) == prefix:
+            self._apply_entries(node, node.children, entries, since)
 
     async def lookup(self, directory: Node, name: str) -> Node | None:
         return (await self.children(directory)).get(name)
@@ -242,6 +335,28 @@ class Namespace:
         if directory.is_pack_dir and self.pack_loader is not None:
             await self.pack_loader(directory)
             return
+        with self._listing_from() as since:
+            await self._list_since(directory, since)
+
+    @contextlib.contextmanager
+    def _listing_from(self) -> Iterator[int]:
+        """A listing in progress, from the current sequence number on; what it must not undo
+        is remembered until no listing that began earlier is left."""
+        since = self.seq
+        self._active[since] = self._active.get(since, 0) + 1
+        try:
+            yield since
+        finally:
+            if self._active[since] <= 1:
+                del self._active[since]
+            else:
+                self._active[since] -= 1
+            oldest = min(self._active, default=self.seq)
+            for directory in [d for d, names in self._removed.items()
+                              if all(s <= oldest for s in names.values())]:
+                del self._removed[directory]
+
+    async def _list_since(self, directory: Node, since: int) -> None:
         path = directory.path()
         if directory.children is None:
             stored = await self.metadata.load(path)
@@ -274,7 +389,15 @@ class Namespace:
             log.warning("store reachable again")
             self.offline = False
         entries = await self._manifest(directory, prefix, page)
-        self.merge(directory, prefix, page, entries)
+        if not directory.attached or self.dir_prefix(directory) != prefix or \
+                self._in_move(directory):
+            # Moved or removed while it was listed: the listing describes another place. Show
+            # what is known (an empty directory at worst) and list again at the next access.
+            if directory.children is None:
+                directory.children = {}
+            directory.listed_at = 0.0
+            return
+        self.merge(directory, prefix, page, entries, since)
         directory.listed_at = self.clock()
         self.metadata.mark(directory)
 
@@ -300,8 +423,18 @@ class Namespace:
         return manifest_mod.parse(data)
 
     def merge(self, directory: Node, prefix: str, page: ListPage,
-              manifest: dict[str, Any] | None) -> None:
-        """Bring ``directory.children`` in line with a listing, keeping local state."""
+              manifest: dict[str, Any] | None, since: int | None = None, *,
+              keep_dirs: bool = False) -> None:
+        """Bring ``directory.children`` in line with a listing that began at sequence number
+        ``since`` (default: now), keeping local state and every change made since.
+
+        ``keep_dirs``: the listing is of a whole subtree, which shows a directory only if an
+        object lies below it. Stores that keep directories of their own (SeaweedFS, or `dir/`
+        markers elsewhere) list empty ones only to a listing by delimiter, so such a listing
+        must not drop a directory it does not show.
+        """
+        if since is None:
+            since = self.seq
         found: dict[str, ObjectInfo | None] = {}  # None: a sub-directory
         for item in page.objects:
             rel = item.key[len(prefix):]
@@ -321,7 +454,9 @@ class Namespace:
             directory.children = {}
         children = directory.children
         for name, node in list(children.items()):
-            if name not in found and not self._keep_local(node):
+            if name not in found and not self._keep_local(node) and \
+                    not (keep_dirs and node.kind is Kind.DIR) and \
+                    not self._undone_locally(directory, name, since):
                 del children[name]
                 self.table.detach(node)
                 self.notifier.entry_removed(directory.ino, name, node.ino)
@@ -330,17 +465,22 @@ class Namespace:
         for name, obj in sorted(found.items()):
             if self.pending_kind(prefix + name) == "delete":
                 continue  # deleted here; the store does not know yet
+            if self._undone_locally(directory, name, since):
+                continue  # changed here after the listing began
             self._merge_one(directory, children, name, obj)
         if manifest:
-            self._apply_entries(directory, children, manifest)
+            self._apply_entries(directory, children, manifest, since)
 
     def _apply_entries(self, directory: Node, children: dict[str, Node],
-                       manifest: dict[str, Any]) -> None:
+                       manifest: dict[str, Any], since: int) -> None:
+        path = directory.path()
         for name, entry in manifest.items():
             target = self.root if name == "." and directory is self.root \
                 else children.get(name)
-            if target is not None and not target.has_local_state:
-                apply_manifest_entry(target, entry)
+            if target is None or target.has_local_state or target.changed_seq > since or \
+                    self.manifest_pending(path, name):
+                continue  # attributes changed here win until the manifest has them
+            apply_manifest_entry(target, entry)
 
     def _merge_one(self, directory: Node, children: dict[str, Node], name: str,
                    obj: ObjectInfo | None) -> None:

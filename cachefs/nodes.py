@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .errors import Detached
+
 ROOT_INO = 1
 
 
@@ -82,19 +84,43 @@ class Node:
     staging: Any = None  # handles.Staging while open for writing
     pending: int = 0  # write-back operations not yet in the store
     readers: int = 0
+    #: Namespace.seq of the last change made here to this node or below it: a listing that
+    #: began before it must not replace or drop the node
+    changed_seq: int = 0
 
     @property
     def is_dir(self) -> bool:
         return self.kind is Kind.DIR
 
     def path(self) -> str:
-        """Path relative to the mount root ('' for the root)."""
+        """Path relative to the mount root ('' for the root).
+
+        Raises Detached for a node no longer under the root: a key built from the part of the
+        path that is left would put the content somewhere else.
+        """
         parts = []
-        node: Node | None = self
-        while node is not None and node.parent is not None:
+        node = self
+        while node.parent is not None:
             parts.append(node.name)
             node = node.parent
+        if node.ino != ROOT_INO:
+            raise Detached(f"{'/'.join(reversed(parts))}: no longer in the tree")
         return "/".join(reversed(parts))
+
+    def describe(self) -> str:
+        """The path for messages: never raises, marks a detached node."""
+        try:
+            return self.path() or "/"
+        except Detached:
+            return f"(detached) {self.name}"
+
+    @property
+    def attached(self) -> bool:
+        """Whether the root leads up to this node through parents (see also reachable)."""
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node.ino == ROOT_INO
 
     def ancestors(self) -> Iterator[Node]:
         node = self.parent

@@ -136,7 +136,7 @@ class Prefetcher:
             try:
                 await waiting
             except CacheFSError as e:
-                log.debug("prefetch of %s failed: %s", node.path(), e)
+                log.debug("prefetch of %s failed: %s", node.describe(), e)
 
     async def _warm(self, paths: list[Path]) -> None:
         def readahead() -> None:
@@ -207,7 +207,7 @@ async def warm(ns: Namespace, top: Node, *, cached_paths: Callable[[Node], list[
                         await waiting
                         result["fetched"] += 1
                     except CacheFSError as e:
-                        log.warning("warm: %s: %s", node.path(), e)
+                        log.warning("warm: %s: %s", node.describe(), e)
                         result["failed"] += 1
             progress.done += node.size
 

@@ -1,0 +1,85 @@
+"""Listings against local changes, driven on the core: what the mount changed while a listing
+was on its way must survive the listing, and keys come only from nodes under the root."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from cachefs.errors import Detached
+from cachefs.store import ListPage
+
+from .harness import Core, running_core
+from .memstore import MemoryStore
+
+
+class SlowTreeListings(MemoryStore):
+    """Listings of a whole subtree are taken at once but answered only when ``gate`` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.taken = threading.Event()
+
+    def list_page(self, prefix: str, delimiter: str | None = "/",
+                  token: str | None = None) -> tuple[ListPage, str | None]:
+        result = super().list_page(prefix, delimiter, token)
+        if delimiter is None:
+            self.taken.set()
+            self.gate.wait(30)
+        return result
+
+
+async def _walk_started(core: Core, store: SlowTreeListings) -> None:
+    """``ls`` of the root, then of a directory in it: the walk lists the whole tree."""
+    await core.ls("")
+    await core.ls("w")
+    with trio.fail_after(10):
+        while not store.taken.is_set():
+            await trio.sleep(0.01)
+
+
+async def test_a_listing_that_began_earlier_never_undoes_local_changes(tmp_path: Path) -> None:
+    store = SlowTreeListings()
+    store.add("w/keep.txt", b"k")
+    store.add("gone.txt", b"g")
+    async with running_core(store, tmp_path / "c") as core:
+        w = await core.node("w")
+        await _walk_started(core, store)
+        # Meanwhile: a new directory, a file in it, a removal, all in the store already.
+        fresh = await core.fs.mkdir(core.fs.ns.root, "fresh", 0o755, 0, 0)
+        await core.write("fresh/f.txt", b"new")
+        await core.fs.unlink(core.fs.ns.root, "gone.txt")
+        store.gate.set()
+        with trio.fail_after(10):
+            while core.fs.ns._flat:
+                await trio.sleep(0.01)
+        assert sorted(await core.ls("")) == ["fresh", "w"]  # nothing dropped, nothing back
+        assert await core.node("fresh") is fresh
+        assert await core.node("w") is w
+        assert core.fs.ns.key(await core.node("fresh/f.txt")) == "fresh/f.txt"
+    assert store.objects["fresh/f.txt"][0] == b"new"
+    assert "gone.txt" not in store.objects
+
+
+async def test_a_detached_node_has_no_key(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.add("d/f.txt", b"old")
+    store.add("d/g.txt", b"other")
+    async with running_core(store, tmp_path / "c") as core:
+        d = await core.node("d")
+        f = await core.node("d/f.txt")
+        fh, _ = await core.fs.open(f, os.O_WRONLY | os.O_TRUNC)
+        await core.fs.write(fh, 0, b"written to a file then replaced")
+        await core.fs.rename(d, "g.txt", d, "f.txt")  # replaces the open file
+        with pytest.raises(Detached):
+            f.path()
+        await core.fs.flush(fh)
+        await core.fs.release(fh)
+    # The replaced file's bytes are nowhere: not at its old key, not at a shorter one.
+    assert store.objects["d/f.txt"][0] == b"other"
+    assert all(data[0] != b"written to a file then replaced" for data in store.objects.values())
