@@ -262,10 +262,6 @@ class WriteOps(PackBuildOps):
         staging = node.staging
         if staging is None:
             return
-        if not node.attached:  # unlinked (or its directory removed) while open: not stored
-            log.debug("%s: removed while open; its content is not stored", node.describe())
-            staging.dirty = False
-            return
         async with staging.lock:
             if staging.broken:
                 raise OSError(staging.broken_errno, staging.broken)
