@@ -232,3 +232,39 @@ def test_origin_mount_option(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
     m = mounter("--origin", f"vendor={origin.url}/mirror/", server=seaweed, bucket=bucket)
     os.mkdir(m.path / "vendor")
     assert (m.path / "vendor/tools/t.sh").read_bytes() == b"#!/bin/sh\n"
+
+
+def fill_then_refuse(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
+                     origin: Origin) -> None:
+    """Issue 14: a 12 MiB fill, a 404, then a pinned file that fails its pin; after umount
+    the fill is in the store."""
+    tool = os.urandom(12 << 20)
+    origin.files["/files/tool.tar.gz"] = tool
+    origin.files["/files/other.bin"] = b"not what the checksums list says\n"
+    m = mounter(server=seaweed, bucket=bucket)
+    d = with_origin(m, origin)
+    assert (d / "tool.tar.gz").read_bytes() == tool
+    with pytest.raises(FileNotFoundError):
+        open(d / "absent.bin", "rb")  # noqa: SIM115 (it never opens)
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    os.setxattr(d, "user.cachefs.checksums", f"{wrong}  other.bin\n".encode())
+    with pytest.raises(OSError) as info:
+        (d / "other.bin").read_bytes()
+    assert info.value.errno == errno.EIO, m.log()
+    assert origin.gets("/files/other.bin") >= 1, m.log()
+    m.umount()
+    client = seaweed.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "dl/tool.tar.gz" in keys, (keys, m.log())
+    assert "dl/other.bin" not in keys
+    assert client.get_object(Bucket=bucket, Key="dl/tool.tar.gz")["Body"].read() == tool
+
+
+def test_fill_then_refuse_idle(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
+                               origin: Origin) -> None:
+    fill_then_refuse(seaweed, bucket, mounter, origin)
+
+
+def test_fill_then_refuse_under_load(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
+                                     origin: Origin, cpu_load: None) -> None:
+    fill_then_refuse(seaweed, bucket, mounter, origin)
