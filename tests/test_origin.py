@@ -268,3 +268,26 @@ def test_fill_then_refuse_idle(seaweed: SeaweedFS, bucket: str, mounter: Mounter
 def test_fill_then_refuse_under_load(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
                                      origin: Origin, cpu_load: None) -> None:
     fill_then_refuse(seaweed, bucket, mounter, origin)
+
+
+def test_sync_and_umount_wait_for_fills_in_progress(seaweed: SeaweedFS, bucket: str,
+                                                    mounter: Mounter, origin: Origin) -> None:
+    """A reader that stops early leaves the fill running: sync and umount wait for it (and
+    so for the upload it queues), as they wait for uploads."""
+    first, second = os.urandom(12 << 20), os.urandom(12 << 20)
+    origin.files.update({"/files/first.tgz": first, "/files/second.tgz": second})
+    origin.rate = 6 << 20  # two seconds each
+    m = mounter(server=seaweed, bucket=bucket)
+    d = with_origin(m, origin)
+    client = seaweed.client()
+    for name, data in (("first.tgz", first), ("second.tgz", second)):
+        with open(d / name, "rb") as f:
+            assert f.read(65536) == data[:65536]
+        if name == "first.tgz":
+            result = cli("sync", str(m.path), env=m.env)
+            assert result.returncode == 0, result.stderr
+        else:
+            m.umount()
+        obj = client.get_object(Bucket=bucket, Key=f"dl/{name}")
+        assert obj["Body"].read() == data, m.log()
+    assert origin.gets("/files/first.tgz") == origin.gets("/files/second.tgz") == 1
