@@ -9,9 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
+import trio.testing
 
+from cachefs.db import Database
 from cachefs.errors import CacheFSError, Exists, IsADirectory, NotEmpty, ReadOnly
-from cachefs.nodes import Kind
+from cachefs.fallback import ORIGIN, OriginFallback
+from cachefs.metadata import MetadataCache
+from cachefs.metrics import Stats
+from cachefs.namespace import Namespace, NullNotifier
+from cachefs.nodes import InodeTable, Kind
+from cachefs.origin import OriginInfo
 
 from .harness import running_core
 from .memstore import MemoryStore
@@ -254,3 +261,42 @@ async def test_compression_at_rest(tmp_path: Path) -> None:
         assert await core.cat("small.txt") == text[:20_000]
         assert await core.cat("tiny.txt") == b"tiny"
         assert await core.cat("foreign.txt") == b"written by another tool"
+
+
+class EmptyOrigin:
+    """An origin that has nothing (404 for every URL) and counts what it is asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def probe(self, url: str) -> OriginInfo | None:
+        self.asked.append(url)
+        return None
+
+    async def probe_dir(self, url: str) -> bool:
+        self.asked.append(url)
+        return False
+
+
+async def test_origin_404_is_remembered_for_the_ttl_on_the_trio_clock(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    table = InodeTable()
+    metadata = MetadataCache(Database(tmp_path / "index.db"))
+    ns = Namespace(MemoryStore(), "", table, metadata, s3=trio.CapacityLimiter(1), ttl=60,
+                   notifier=NullNotifier(), pending_kind=lambda key: None)
+    dl = table.new(Kind.DIR, "dl", table.root, children={},
+                   xattrs={ORIGIN: "http://origin.invalid/files/"})
+    client = EmptyOrigin()
+    fallback = OriginFallback(client, ns, table, metadata, Stats(),  # type: ignore[arg-type]
+                              mount_origins={}, default_mode="auto", ttl=60)
+    assert await fallback.probe(dl, "absent.bin") is None
+    assert client.asked == ["http://origin.invalid/files/absent.bin",
+                            "http://origin.invalid/files/absent.bin/"]
+    mock_clock.jump(59)
+    assert await fallback.probe(dl, "absent.bin") is None
+    assert len(client.asked) == 2  # remembered: the origin is not asked again
+    assert await fallback.probe(dl, "other.bin") is None
+    assert len(client.asked) == 4  # a 404 is remembered for its own URL only
+    mock_clock.jump(2)
+    assert await fallback.probe(dl, "absent.bin") is None
+    assert len(client.asked) == 6  # the TTL ran out on the trio clock: asked again
