@@ -186,6 +186,7 @@ class Daemon:
         self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
                                         entries_for=self._manifest_entries,
                                         on_written=self._manifest_written)
+        self.ns.attrs_pending = self.manifests.pending
         self.fs = CacheFS(ns=self.ns, table=self.table, blobs=self.blobs, fetcher=self.fetcher,
                           writeback=self.writeback, manifests=self.manifests,
                           metadata=self.metadata, stats=self.stats, limiters=self.limiters,

@@ -73,6 +73,8 @@ class ManifestWriter:
         self.entries_for = entries_for
         self.on_written = on_written
         self.dirty: dict[str, set[str]] = {}
+        #: what the flush in progress writes (it left ``dirty`` when the flush began)
+        self._writing: dict[str, set[str]] = {}
         self.failures = 0
         self._wake = trio.Event()
         self._lock = trio.Lock()
@@ -85,6 +87,11 @@ class ManifestWriter:
     def mark(self, dir_path: str, name: str) -> None:
         self.dirty.setdefault(dir_path, set()).add(name)
         self._wake.set()
+
+    def pending(self, dir_path: str, name: str) -> bool:
+        """Whether ``name``'s entry changed here and the store's manifest may not have it yet:
+        a listing must then keep the node's attributes rather than apply the stored ones."""
+        return name in self.dirty.get(dir_path, ()) or name in self._writing.get(dir_path, ())
 
     def moved(self, old_dir: str, new_dir: str) -> None:
         """A directory was renamed: its pending names follow it."""
@@ -115,12 +122,16 @@ class ManifestWriter:
             work, self.dirty = self.dirty, {}
             if not work:
                 return
-            await self.metadata.save_manifest_dirty(
-                (d, n) for d, names in work.items() for n in names)
+            self._writing = work
             errors: list[str] = []
-            async with trio.open_nursery() as nursery:
-                for directory, names in work.items():
-                    nursery.start_soon(self._flush_dir, directory, names, errors)
+            try:
+                await self.metadata.save_manifest_dirty(
+                    (d, n) for d, names in work.items() for n in names)
+                async with trio.open_nursery() as nursery:
+                    for directory, names in work.items():
+                        nursery.start_soon(self._flush_dir, directory, names, errors)
+            finally:
+                self._writing = {}
             if errors:
                 raise CacheFSError(f"{len(errors)} manifest(s) not written: {errors[0]}")
 

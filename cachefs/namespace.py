@@ -76,6 +76,9 @@ class Namespace:
         self.flat_listings = 0
         #: fills in a pack directory from its table of contents (set by the daemon)
         self.pack_loader: Callable[[Node], Awaitable[None]] | None = None
+        #: whether (dir path, name) has attributes changed here that the store's manifest
+        #: may lack (set by the daemon: ManifestWriter.pending)
+        self.attrs_pending: Callable[[str, str], bool] = lambda dir_path, name: False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background subtree listings live here."""
@@ -336,10 +339,15 @@ class Namespace:
 
     def _apply_entries(self, directory: Node, children: dict[str, Node],
                        manifest: dict[str, Any]) -> None:
+        """Attributes from a manifest, except where this mount changed them and has not
+        written them yet (a directory's origin or checksums set a moment ago): the stored
+        entry is older than what the mount shows."""
+        path = directory.path()
         for name, entry in manifest.items():
             target = self.root if name == "." and directory is self.root \
                 else children.get(name)
-            if target is not None and not target.has_local_state:
+            if target is not None and not target.has_local_state and \
+                    not self.attrs_pending(path, name):
                 apply_manifest_entry(target, entry)
 
     def _merge_one(self, directory: Node, children: dict[str, Node], name: str,

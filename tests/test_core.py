@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio.testing
 
+from cachefs import manifest
 from cachefs.db import Database
 from cachefs.errors import CacheFSError, Exists, IsADirectory, NotEmpty, ReadOnly
 from cachefs.fallback import ORIGIN, OriginFallback
@@ -22,6 +23,7 @@ from cachefs.origin import OriginInfo
 
 from .harness import running_core
 from .memstore import MemoryStore
+from .origin_server import Origin
 
 
 def gets(store: MemoryStore, key: str) -> int:
@@ -300,3 +302,26 @@ async def test_origin_404_is_remembered_for_the_ttl_on_the_trio_clock(
     mock_clock.jump(2)
     assert await fallback.probe(dl, "absent.bin") is None
     assert len(client.asked) == 6  # the TTL ran out on the trio clock: asked again
+
+
+async def test_listing_keeps_directory_settings_not_yet_in_the_manifest(tmp_path: Path) -> None:
+    """An origin set on a directory lives in the parent's manifest once it is written (about
+    a second later). A listing meanwhile that reads an older manifest (an earlier runner's)
+    must not undo it: the names below would be ENOENT without asking the origin."""
+    origin = Origin()
+    origin.files["/files/other.bin"] = b"at the origin"
+    store = MemoryStore()
+    try:
+        async with running_core(store, tmp_path / "c", metadata_ttl=0.2) as core:
+            dl = await core.fs.mkdir(await core.node(""), "dl", 0o755, 0, 0)
+            await core.daemon.xattrs.set(dl, ORIGIN, (origin.url + "/files/").encode())
+            store.add(".cachefs.dir", manifest.render(
+                {"dl": {"type": "d", "mode": 0o700, "xattrs": {"user.note": "earlier"}}}))
+            time.sleep(0.25)  # the root's listing expires, the manifest writer has not run
+            assert "dl" in await core.ls("")
+            assert dl.xattrs == {ORIGIN: origin.url + "/files/"}
+            assert dl.mode == 0o755
+            assert await core.fs.lookup(dl, "other.bin") is not None
+            assert await core.cat("dl/other.bin") == b"at the origin"
+    finally:
+        origin.close()
