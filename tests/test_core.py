@@ -325,3 +325,23 @@ async def test_listing_keeps_directory_settings_not_yet_in_the_manifest(tmp_path
             assert await core.cat("dl/other.bin") == b"at the origin"
     finally:
         origin.close()
+
+
+async def test_sync_reports_a_fill_from_the_origin_that_stalled(tmp_path: Path) -> None:
+    origin = Origin()
+    origin.files["/files/slow.bin"] = os.urandom(3 << 20)
+    try:
+        async with running_core(MemoryStore(), tmp_path / "c", timeout=1) as core:
+            dl = await core.fs.mkdir(await core.node(""), "dl", 0o755, 0, 0)
+            await core.daemon.xattrs.set(dl, ORIGIN, (origin.url + "/files/").encode())
+            node = await core.fs.lookup(dl, "slow.bin")
+            assert node is not None
+            origin.stall["/files/slow.bin"] = 30  # the GET gets no answer
+            fh, _ = await core.fs.open(node, os.O_RDONLY)
+            started = time.monotonic()
+            report = await core.fs.sync()
+            assert report["origin_fills_unfinished"] == ["dl/slow.bin"]
+            assert 1 <= time.monotonic() - started < 10
+            await core.fs.release(fh)
+    finally:
+        origin.close()
