@@ -6,6 +6,7 @@ import concurrent.futures
 import errno
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,18 +277,21 @@ def test_sync_and_umount_wait_for_fills_in_progress(seaweed: SeaweedFS, bucket: 
     so for the upload it queues), as they wait for uploads."""
     first, second = os.urandom(12 << 20), os.urandom(12 << 20)
     origin.files.update({"/files/first.tgz": first, "/files/second.tgz": second})
-    origin.rate = 6 << 20  # two seconds each
     m = mounter(server=seaweed, bucket=bucket)
     d = with_origin(m, origin)
     client = seaweed.client()
     for name, data in (("first.tgz", first), ("second.tgz", second)):
+        held = origin.hold[f"/files/{name}"] = threading.Event()
         with open(d / name, "rb") as f:
             assert f.read(65536) == data[:65536]
+        # The rest of the body comes a few seconds after sync/umount started.
+        threading.Timer(4.0, held.set).start()
         if name == "first.tgz":
             result = cli("sync", str(m.path), env=m.env)
             assert result.returncode == 0, result.stderr
         else:
             m.umount()
+        assert held.is_set(), f"{name}: sync/umount returned before the fill could end"
         obj = client.get_object(Bucket=bucket, Key=f"dl/{name}")
         assert obj["Body"].read() == data, m.log()
     assert origin.gets("/files/first.tgz") == origin.gets("/files/second.tgz") == 1
