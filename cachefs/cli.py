@@ -164,6 +164,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise Failure(f"unmounted, but {len(failed)} change(s) are not in the store yet: they "
                       "are kept in the cache dir and resume at the next mount that uses it",
                       PENDING)
+    stalled = report.get("origin_fills_unfinished") or []
+    if stalled:
+        raise Failure(f"unmounted, but {len(stalled)} download(s) from an origin stalled and "
+                      f"were not stored ({', '.join(stalled[:3])}): the next runner fetches "
+                      "them from the origin again")
     print(f"cachefs: unmounted {mountpoint}")
     return OK
 

@@ -40,7 +40,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     failed = report.get("failed") or []
     for op in failed:
         print(f"cachefs: not stored: {op['op']} {op['key']}: {op['error']}", file=sys.stderr)
-    if failed or report.get("manifest_error"):
+    stalled = report.get("origin_fills_unfinished") or []
+    for key in stalled:
+        print(f"cachefs: not stored: {key}: its download from the origin stalled",
+              file=sys.stderr)
+    if failed or stalled or report.get("manifest_error"):
         return FAIL
     if not args.json:
         print("cachefs: everything written is in the store")

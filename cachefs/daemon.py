@@ -399,8 +399,12 @@ class Daemon:
                     await self.origin_client.aclose()
 
     async def finish(self) -> None:
-        """After the mount is gone: seal NAME.pack directories, give pending uploads a last
-        chance, save the index."""
+        """After the mount is gone: let fills from an origin finish (their uploads are queued
+        when they complete), seal NAME.pack directories, give pending uploads a last chance,
+        save the index."""
+        # Outside the grace period: a fill is bounded by its progress (--timeout without a
+        # byte), and the uploads it queues still get all of DRAIN_GRACE.
+        await self.fs.finish_origin_fills()
         with trio.move_on_after(DRAIN_GRACE):
             for error in await self.fs.seal_all():
                 log.error("not sealed: %s (its files stay in the cache dir, sealed at the "

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from .errors import InvalidArgument, NotFound
 from .metadata import MetadataCache
 from .metrics import Stats
@@ -70,7 +72,7 @@ class OriginFallback:
     def __init__(self, client: OriginClient, ns: Namespace, table: InodeTable,
                  metadata: MetadataCache, stats: Stats, *, mount_origins: dict[str, str],
                  default_mode: str, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self.client = client
         self.ns = ns
         self.table = table
@@ -79,8 +81,9 @@ class OriginFallback:
         self.mount_origins = mount_origins
         self.default_mode = default_mode
         self.ttl = ttl
+        #: TTLs read the trio clock (a MockClock in tests), never the wall clock
         self.clock = clock
-        self._absent: dict[str, float] = {}  # url -> when the origin said 404
+        self._absent: dict[str, float] = {}  # url -> when the origin said 404 (or 410)
         self._infos: dict[str, OriginInfo] = {}  # url -> what the last probe said
 
     def origin_for(self, directory: Node) -> tuple[str, str] | None:

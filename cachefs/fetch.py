@@ -156,6 +156,14 @@ class Fetch:
         event, self._changed = self._changed, trio.Event()
         event.set()
 
+    async def progressed(self, timeout: float) -> bool:
+        """Wait until bytes arrive or the fetch ends; False if nothing happened for
+        ``timeout`` seconds."""
+        with trio.move_on_after(timeout):
+            await self._changed.wait()
+            return True
+        return False
+
     def release_received(self) -> None:
         """Release what arrived, except what still needs a check."""
         if self.unit_crcs is not None:
@@ -312,6 +320,23 @@ class Fetcher:
         assert self._nursery is not None, "Fetcher.run() is not running"
         self._nursery.start_soon(self._origin_job, fetch, info, expected_sha)
         return fetch
+
+    def origin_fills(self) -> list[Fetch]:
+        """Fills from an origin still in progress (their upload is not queued yet)."""
+        return [f for (_, etag), f in self.active.items()
+                if etag.startswith("origin:") and not f.done.is_set()]
+
+    async def wait_origin_fills(self, idle_timeout: float) -> list[str]:
+        """Wait until every fill from an origin has ended, and so has queued its upload (or
+        failed). A fill counts as stalled once no byte arrived for ``idle_timeout`` seconds:
+        then the keys of those still in progress are returned, and they are not uploaded."""
+        while fills := self.origin_fills():
+            before = [(f, f.received.total()) for f in fills]
+            if await fills[0].progressed(idle_timeout):
+                continue
+            if not any(f.done.is_set() or f.received.total() != n for f, n in before):
+                return sorted(f.key for f in fills)
+        return []
 
     async def fetch_whole(self, key: str, etag: str, size: int,
                           sha256: str | None = None) -> str:

@@ -366,8 +366,10 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
         return None
 
     async def sync(self) -> dict[str, Any]:
-        """Seal NAME.pack directories, wait until everything written is in the store; report
-        what kept failing."""
+        """Seal NAME.pack directories, let fills from an origin finish (they queue their
+        upload when complete), wait until everything written is in the store; report what
+        kept failing."""
+        stalled_fills = await self.finish_origin_fills()
         seal_errors = await self.seal_all()
         for handle in list(self.handles.values()):
             if isinstance(handle, WriteHandle) and handle.staging.dirty:
@@ -387,7 +389,18 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
             "failed": [op.describe() for op in failed],
             "manifest_error": manifest_error,
             "seal_errors": seal_errors,
+            "origin_fills_unfinished": stalled_fills,
         }
+
+    async def finish_origin_fills(self) -> list[str]:
+        """Wait for fills from an origin in progress, so that what was fetched is uploaded
+        too; a fill that received nothing for ``--timeout`` seconds is given up on (its key
+        is returned, and logged)."""
+        stalled = await self.fetcher.wait_origin_fills(self.opts.timeout)
+        for key in stalled:
+            log.warning("%s: its fill from the origin made no progress for %gs: not uploaded",
+                        key, self.opts.timeout)
+        return stalled
 
     async def flush_index(self) -> None:
         await self.metadata.flush(self.table.root)

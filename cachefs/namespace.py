@@ -473,6 +473,9 @@ class Namespace:
 
     def _apply_entries(self, directory: Node, children: dict[str, Node],
                        manifest: dict[str, Any], since: int) -> None:
+        """Attributes from a manifest, except where this mount changed them and has not
+        written them yet (a directory's origin or checksums set a moment ago): the stored
+        entry is older than what the mount shows."""
         path = directory.path()
         for name, entry in manifest.items():
             target = self.root if name == "." and directory is self.root \

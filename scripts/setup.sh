@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(fuse3 libfuse3-dev pkg-config gcc attr golang-go zsh fish)
+packages=(fuse3 libfuse3-dev pkg-config gcc attr golang-go zsh fish stress-ng)
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
   packages+=(python3-venv python3-dev)
 fi

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,30 @@ def private_seaweed(tmp_path: Path) -> Iterator[SeaweedFS]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cpu_load() -> Iterator[None]:
+    """Both cores busy (``stress-ng --cpu 2``) for as long as the test runs: a loaded CI
+    runner, where things may get slower but never wrong."""
+    if shutil.which("stress-ng") is None:
+        pytest.skip("stress-ng is not installed (scripts/setup.sh installs it)")
+    proc = subprocess.Popen(["stress-ng", "--cpu", "2", "--quiet"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # its workers are running
+    assert proc.poll() is None, "stress-ng exited at once"
+    try:
+        yield
+    finally:
+        # Its own session: the process group is stress-ng and the workers it forked.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def new_bucket(server: S3Server) -> str:

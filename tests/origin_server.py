@@ -1,7 +1,7 @@
 """A real HTTP origin on 127.0.0.1 that tests can tell to misbehave.
 
 It serves files with Content-Length, ETag, Last-Modified and Range support, and can redirect,
-answer 404/410/500, stall, throttle, or cut a response short.
+answer 404/410/500, stall, throttle, hold a body after its first bytes, or cut a response short.
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         step = 256 << 10
         for i in range(0, len(body), step):
+            if i == origin.hold_after and path in origin.hold:
+                self.wfile.flush()
+                origin.hold[path].wait(60)
             self.wfile.write(body[i:i + step])
             if origin.rate:
                 time.sleep(step / origin.rate)
@@ -115,6 +118,10 @@ class Origin:
         self.fail: dict[str, list[int]] = {}
         self.cut: dict[str, list[int]] = {}
         self.stall: dict[str, float] = {}
+        #: path -> the rest of its body is sent once this is set (hold_after bytes at once:
+        #: more than a reader's first read and the kernel's readahead)
+        self.hold: dict[str, threading.Event] = {}
+        self.hold_after = 4 << 20
         self.rate = 0.0  # bytes per second, 0 = as fast as possible
         self.ranges = True
         self.lock = threading.Lock()
@@ -131,6 +138,8 @@ class Origin:
 
     def close(self) -> None:
         self.stall.clear()
+        for event in self.hold.values():
+            event.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)

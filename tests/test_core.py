@@ -9,12 +9,21 @@ import time
 from pathlib import Path
 
 import pytest
+import trio.testing
 
+from cachefs import manifest
+from cachefs.db import Database
 from cachefs.errors import CacheFSError, Exists, IsADirectory, NotEmpty, ReadOnly
-from cachefs.nodes import Kind
+from cachefs.fallback import ORIGIN, OriginFallback
+from cachefs.metadata import MetadataCache
+from cachefs.metrics import Stats
+from cachefs.namespace import Namespace, NullNotifier
+from cachefs.nodes import InodeTable, Kind
+from cachefs.origin import OriginInfo
 
 from .harness import running_core
 from .memstore import MemoryStore
+from .origin_server import Origin
 
 
 def gets(store: MemoryStore, key: str) -> int:
@@ -254,3 +263,85 @@ async def test_compression_at_rest(tmp_path: Path) -> None:
         assert await core.cat("small.txt") == text[:20_000]
         assert await core.cat("tiny.txt") == b"tiny"
         assert await core.cat("foreign.txt") == b"written by another tool"
+
+
+class EmptyOrigin:
+    """An origin that has nothing (404 for every URL) and counts what it is asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def probe(self, url: str) -> OriginInfo | None:
+        self.asked.append(url)
+        return None
+
+    async def probe_dir(self, url: str) -> bool:
+        self.asked.append(url)
+        return False
+
+
+async def test_origin_404_is_remembered_for_the_ttl_on_the_trio_clock(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    table = InodeTable()
+    metadata = MetadataCache(Database(tmp_path / "index.db"))
+    ns = Namespace(MemoryStore(), "", table, metadata, s3=trio.CapacityLimiter(1), ttl=60,
+                   notifier=NullNotifier(), pending_kind=lambda key: None)
+    dl = table.new(Kind.DIR, "dl", table.root, children={},
+                   xattrs={ORIGIN: "http://origin.invalid/files/"})
+    client = EmptyOrigin()
+    fallback = OriginFallback(client, ns, table, metadata, Stats(),  # type: ignore[arg-type]
+                              mount_origins={}, default_mode="auto", ttl=60)
+    assert await fallback.probe(dl, "absent.bin") is None
+    assert client.asked == ["http://origin.invalid/files/absent.bin",
+                            "http://origin.invalid/files/absent.bin/"]
+    mock_clock.jump(59)
+    assert await fallback.probe(dl, "absent.bin") is None
+    assert len(client.asked) == 2  # remembered: the origin is not asked again
+    assert await fallback.probe(dl, "other.bin") is None
+    assert len(client.asked) == 4  # a 404 is remembered for its own URL only
+    mock_clock.jump(2)
+    assert await fallback.probe(dl, "absent.bin") is None
+    assert len(client.asked) == 6  # the TTL ran out on the trio clock: asked again
+
+
+async def test_listing_keeps_directory_settings_not_yet_in_the_manifest(tmp_path: Path) -> None:
+    """An origin set on a directory lives in the parent's manifest once it is written (about
+    a second later). A listing meanwhile that reads an older manifest (an earlier runner's)
+    must not undo it: the names below would be ENOENT without asking the origin."""
+    origin = Origin()
+    origin.files["/files/other.bin"] = b"at the origin"
+    store = MemoryStore()
+    try:
+        async with running_core(store, tmp_path / "c", metadata_ttl=0.2) as core:
+            dl = await core.fs.mkdir(await core.node(""), "dl", 0o755, 0, 0)
+            await core.daemon.xattrs.set(dl, ORIGIN, (origin.url + "/files/").encode())
+            store.add(".cachefs.dir", manifest.render(
+                {"dl": {"type": "d", "mode": 0o700, "xattrs": {"user.note": "earlier"}}}))
+            time.sleep(0.25)  # the root's listing expires, the manifest writer has not run
+            assert "dl" in await core.ls("")
+            assert dl.xattrs == {ORIGIN: origin.url + "/files/"}
+            assert dl.mode == 0o755
+            assert await core.fs.lookup(dl, "other.bin") is not None
+            assert await core.cat("dl/other.bin") == b"at the origin"
+    finally:
+        origin.close()
+
+
+async def test_sync_reports_a_fill_from_the_origin_that_stalled(tmp_path: Path) -> None:
+    origin = Origin()
+    origin.files["/files/slow.bin"] = os.urandom(3 << 20)
+    try:
+        async with running_core(MemoryStore(), tmp_path / "c", timeout=1) as core:
+            dl = await core.fs.mkdir(await core.node(""), "dl", 0o755, 0, 0)
+            await core.daemon.xattrs.set(dl, ORIGIN, (origin.url + "/files/").encode())
+            node = await core.fs.lookup(dl, "slow.bin")
+            assert node is not None
+            origin.stall["/files/slow.bin"] = 30  # the GET gets no answer
+            fh, _ = await core.fs.open(node, os.O_RDONLY)
+            started = time.monotonic()
+            report = await core.fs.sync()
+            assert report["origin_fills_unfinished"] == ["dl/slow.bin"]
+            assert 1 <= time.monotonic() - started < 10
+            await core.fs.release(fh)
+    finally:
+        origin.close()

@@ -6,6 +6,7 @@ import concurrent.futures
 import errno
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +233,65 @@ def test_origin_mount_option(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
     m = mounter("--origin", f"vendor={origin.url}/mirror/", server=seaweed, bucket=bucket)
     os.mkdir(m.path / "vendor")
     assert (m.path / "vendor/tools/t.sh").read_bytes() == b"#!/bin/sh\n"
+
+
+def fill_then_refuse(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
+                     origin: Origin) -> None:
+    """Issue 14: a 12 MiB fill, a 404, then a pinned file that fails its pin; after umount
+    the fill is in the store."""
+    tool = os.urandom(12 << 20)
+    origin.files["/files/tool.tar.gz"] = tool
+    origin.files["/files/other.bin"] = b"not what the checksums list says\n"
+    m = mounter(server=seaweed, bucket=bucket)
+    d = with_origin(m, origin)
+    assert (d / "tool.tar.gz").read_bytes() == tool
+    with pytest.raises(FileNotFoundError):
+        open(d / "absent.bin", "rb")  # noqa: SIM115 (it never opens)
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    os.setxattr(d, "user.cachefs.checksums", f"{wrong}  other.bin\n".encode())
+    with pytest.raises(OSError) as info:
+        (d / "other.bin").read_bytes()
+    assert info.value.errno == errno.EIO, m.log()
+    assert origin.gets("/files/other.bin") >= 1, m.log()
+    m.umount()
+    client = seaweed.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "dl/tool.tar.gz" in keys, (keys, m.log())
+    assert "dl/other.bin" not in keys
+    assert client.get_object(Bucket=bucket, Key="dl/tool.tar.gz")["Body"].read() == tool
+
+
+def test_fill_then_refuse_idle(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
+                               origin: Origin) -> None:
+    fill_then_refuse(seaweed, bucket, mounter, origin)
+
+
+def test_fill_then_refuse_under_load(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
+                                     origin: Origin, cpu_load: None) -> None:
+    fill_then_refuse(seaweed, bucket, mounter, origin)
+
+
+def test_sync_and_umount_wait_for_fills_in_progress(seaweed: SeaweedFS, bucket: str,
+                                                    mounter: Mounter, origin: Origin) -> None:
+    """A reader that stops early leaves the fill running: sync and umount wait for it (and
+    so for the upload it queues), as they wait for uploads."""
+    first, second = os.urandom(12 << 20), os.urandom(12 << 20)
+    origin.files.update({"/files/first.tgz": first, "/files/second.tgz": second})
+    m = mounter(server=seaweed, bucket=bucket)
+    d = with_origin(m, origin)
+    client = seaweed.client()
+    for name, data in (("first.tgz", first), ("second.tgz", second)):
+        held = origin.hold[f"/files/{name}"] = threading.Event()
+        with open(d / name, "rb") as f:
+            assert f.read(65536) == data[:65536]
+        # The rest of the body comes a few seconds after sync/umount started.
+        threading.Timer(4.0, held.set).start()
+        if name == "first.tgz":
+            result = cli("sync", str(m.path), env=m.env)
+            assert result.returncode == 0, result.stderr
+        else:
+            m.umount()
+        assert held.is_set(), f"{name}: sync/umount returned before the fill could end"
+        obj = client.get_object(Bucket=bucket, Key=f"dl/{name}")
+        assert obj["Body"].read() == data, m.log()
+    assert origin.gets("/files/first.tgz") == origin.gets("/files/second.tgz") == 1
