@@ -185,6 +185,7 @@ class Daemon:
                             ttl=config.metadata_ttl, notifier=self.notifier,
                             pending_kind=self.writeback.pending_kind,
                             pending_put=self.writeback.pending_put,
+                            pending_under=self.writeback.pending_under,
                             manifest_pending=self.manifests.pending)
         self.origin_client = OriginClient(config.timeout)
         self.fetcher = Fetcher(store, self.blobs, s3=self.limiters.s3, disk=self.limiters.disk,

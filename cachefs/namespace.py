@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import trio
 
 from . import manifest as manifest_mod
-from .attrs import apply_manifest_entry
+from .attrs import apply_manifest_entry, attrs_from_metadata
 from .errors import CacheFSError, NotADirectory, NotFound, StoreUnavailable
 from .metadata import MetadataCache
 from .names import MANIFEST_NAME, component_problem
@@ -62,6 +62,7 @@ class Namespace:
                  s3: trio.CapacityLimiter, ttl: float, notifier: Notifier,
                  pending_kind: Callable[[str], str | None],
                  pending_put: Callable[[str], Any] = lambda key: None,
+                 pending_under: Callable[[str], dict[str, Any]] = lambda prefix: {},
                  manifest_pending: Callable[[str, str], bool] = lambda path, name: False,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -74,6 +75,8 @@ class Namespace:
         self.pending_kind = pending_kind
         #: the journaled write of a key, if any (its digest and size are what the mount shows)
         self.pending_put = pending_put
+        #: names below a prefix that the journal writes (WriteBack.pending_under)
+        self.pending_under = pending_under
         self.clock = clock
         self.root = table.root
         self.offline = False
@@ -453,8 +456,12 @@ class Namespace:
         if directory.children is None:
             directory.children = {}
         children = directory.children
+        journal = self.pending_under(prefix)
+        for name, op in journal.items():  # closed here, not stored yet (after a crash, too)
+            if name not in found and name not in children and self._usable(prefix + name, name):
+                children[name] = self._journaled_node(directory, name, op)
         for name, node in list(children.items()):
-            if name not in found and not self._keep_local(node) and \
+            if name not in found and name not in journal and not self._keep_local(node) and \
                     not (keep_dirs and node.kind is Kind.DIR) and \
                     not self._undone_locally(directory, name, since):
                 del children[name]
@@ -514,6 +521,23 @@ class Namespace:
             mtime = int(obj.mtime * 1e9)
             children[name] = self.table.new(Kind.FILE, name, directory, size=obj.size,
                                             etag=obj.etag, mtime_ns=mtime, ctime_ns=mtime)
+
+    def _journaled_node(self, directory: Node, name: str, op: Any) -> Node:
+        """A node for what the journal will write at ``name``: a directory a pending key lies
+        in (op None), or the file (or symlink) a pending put stores."""
+        if op is None:
+            return self.table.new(Kind.DIR, name, directory, attrs_from="local")
+        attrs = attrs_from_metadata(op.meta)
+        kind = attrs.pop("kind", Kind.FILE)
+        if "cachefs-body" in op.meta:
+            kind = Kind.LINK
+        node = self.table.new(kind, name, directory, **attrs)
+        node.size, node.digest = op.size, op.digest
+        node.source, node.attrs_from = "local", "local"
+        if kind is Kind.LINK:
+            node.target = op.meta["cachefs-body"]
+            node.size = len(node.target.encode())
+        return node
 
     def _drop_stale_local(self, directory: Node) -> bool:
         """After a restart: files remembered as written here but neither in the store nor in

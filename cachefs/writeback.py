@@ -268,6 +268,22 @@ class WriteBack:
             return ops[-1]
         return None
 
+    def pending_under(self, prefix: str) -> dict[str, Op | None]:
+        """Names directly below ``prefix`` that pending operations write: a file's newest put,
+        or None for a directory that a pending key lies in. After a crash these exist only in
+        the journal until they are uploaded, and a listing must still show them. (A scan of
+        the pending keys: the journal is short next to the listings that ask.)"""
+        found: dict[str, Op | None] = {}
+        for key in self.by_key:
+            if not key.startswith(prefix) or key == prefix or self.pending_kind(key) != "put":
+                continue
+            name, slash, _ = key[len(prefix):].partition("/")
+            if slash:
+                found.setdefault(name, None)
+            else:
+                found[name] = self.pending_put(key)
+        return found
+
     def pending_kind(self, key: str) -> str | None:
         """'put' if the newest pending operation on ``key`` writes it, 'delete' if it removes it."""
         ops = self.by_key.get(key)

@@ -149,6 +149,25 @@ def test_mount_on_a_dead_mount_point_clears_it_and_replays_the_journal(
     m.umount()
 
 
+@pytest.mark.s3
+def test_files_only_in_the_journal_are_shown_after_the_crash(
+        seaweed: SeaweedFS, bucket: str, proxy: FaultProxy, mounter: Mounter) -> None:
+    """Closed before the crash, not stored yet, and the store still refuses uploads: the next
+    mount shows the file (from the journal and the blob tier) before it is uploaded."""
+    payload = os.urandom(1 << 20)
+    m = crash_with_a_pending_write(mounter, seaweed, bucket, proxy, payload)
+    m.start()  # uploads still fail
+    assert os.listdir(m.path) == ["out"]
+    assert os.listdir(m.path / "out") == ["precious.bin"]
+    assert (m.path / "out" / "precious.bin").read_bytes() == payload
+    assert "out/precious.bin" in [p["key"] for p in m.control("status")["pending"]]
+    proxy.clear()
+    assert cli("sync", str(m.path), env=m.env).returncode == 0
+    body = seaweed.client().get_object(Bucket=bucket, Key="out/precious.bin")["Body"].read()
+    assert body == payload
+    m.umount()
+
+
 FOREIGN_FS = """
 import sys, pyfuse3, trio
 pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=otherfs", "subtype=otherfs"})
