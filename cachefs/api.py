@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .cliutil import mount_entry
+from .cli.util import mount_entry
 from .config import flag_argv
 from .errors import CacheFSError
 

@@ -1,7 +1,8 @@
 """The project's own exceptions.
 
 Store, HTTP and disk failures are translated into these classes where they happen (store/s3.py,
-origin.py, blobs.py); the FUSE adapter turns them into an errno with one table (``errno_for``).
+remote/origin.py, tier/blobs.py); the FUSE adapter turns them into an errno with one table
+(``errno_for``).
 Nothing else needs to know about botocore or httpx exception types.
 """
 

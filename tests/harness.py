@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from cachefs.config import load
-from cachefs.daemon import Daemon
+from cachefs.daemon.run import Daemon
 from cachefs.nodes import Node
 from cachefs.store import Store
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cachefs.commands import apply_template
+from cachefs.cli.commands import apply_template
 from cachefs.config import ConfigError, load, parse_size, resolve_credentials
 
 from .conftest import cli, new_bucket

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import cachefs
-from cachefs.cli import build_parser
-from cachefs.completion import SHELLS, describe, script
+from cachefs.cli.completion import SHELLS, describe, script
+from cachefs.cli.main import build_parser
 
 from .conftest import ROOT, cli
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from cachefs import manifest
-from cachefs.db import Database
 from cachefs.errors import CacheFSError, Exists, IsADirectory, NotEmpty, ReadOnly
-from cachefs.fallback import ORIGIN, OriginFallback
-from cachefs.metadata import MetadataCache
 from cachefs.metrics import Stats
-from cachefs.namespace import Namespace, NullNotifier
 from cachefs.nodes import InodeTable, Kind
-from cachefs.origin import OriginInfo
+from cachefs.remote import manifest
+from cachefs.remote.fallback import ORIGIN, OriginFallback
+from cachefs.remote.namespace import Namespace, NullNotifier
+from cachefs.remote.origin import OriginInfo
+from cachefs.tier.db import Database
+from cachefs.tier.listings import MetadataCache
 
 from .harness import running_core
 from .memstore import MemoryStore

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cachefs.cli import build_parser
-from cachefs.mounthelper import Invocation, mount_argv, parse_argv, split_options
+from cachefs.cli.main import build_parser
+from cachefs.cli.mounthelper import Invocation, mount_argv, parse_argv, split_options
 
 from .conftest import ROOT, wait_gone
 from .servers import KEY_ID, SECRET, SeaweedFS

@@ -34,21 +34,3 @@ def test_tests_cited_by_the_docs_exist() -> None:
     for doc in (ROOT / "docs").glob("*.md"):
         for cited in re.findall(r"(test_\w+\.py::test_\w+)", doc.read_text()):
             assert cited in defined, f"{doc.name} cites {cited}, which does not exist"
-
-
-def test_only_the_store_imports_boto_and_only_the_adapter_imports_pyfuse3() -> None:
-    allowed = {"boto3": {"store/s3.py"}, "botocore": {"store/s3.py"},
-               "pyfuse3": {"fuse_ops.py", "daemon.py"}, "zstandard": {"codec.py"},
-               "httpx": {"origin.py"}}
-    for path in (ROOT / "cachefs").rglob("*.py"):
-        rel = path.relative_to(ROOT / "cachefs").as_posix()
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name.split(".")[0] for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module.split(".")[0]]
-            for name in names:
-                if name in allowed:
-                    assert rel in allowed[name], f"{rel} imports {name}"

@@ -196,7 +196,7 @@ def test_index_cursors_never_escape_its_lock(tmp_path: Path) -> None:
     """A cursor returned from a transaction would be freed later on another thread, resetting
     its statement while a worker uses the connection (SQLITE_MISUSE took a mount down in the
     go mod download benchmark): the index closes it inside its lock."""
-    from cachefs.db import Database
+    from cachefs.tier.db import Database
 
     db = Database(tmp_path / "index.db")
     db.script("CREATE TABLE t (x INTEGER)")

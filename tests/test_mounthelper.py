@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cachefs.mounthelper import Invocation, UsageError, mount_argv, parse_argv, run
+from cachefs.cli.mounthelper import Invocation, UsageError, mount_argv, parse_argv, run
 
 from .conftest import cli, wait_gone
 from .servers import KEY_ID, SECRET, SeaweedFS

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cachefs import packcmd
 from cachefs.errors import ChecksumMismatch
-from cachefs.pack import FRAME_TARGET, TRAILER, Toc, decode_toc, decode_trailer
+from cachefs.pack import save
+from cachefs.pack.format import FRAME_TARGET, TRAILER, Toc, decode_toc, decode_trailer
+from cachefs.remote.manifest import add_pack_entry
 
 from .conftest import Mounter, cli
 from .faultproxy import Fault, FaultProxy
@@ -62,7 +63,8 @@ def same_tree(a: Path, b: Path) -> None:
 def test_format_round_trip_and_dedupe(tmp_path: Path) -> None:
     make_tree(tmp_path / "src")
     store = MemoryStore()
-    summary = packcmd.pack_directory(tmp_path / "src", store, "p/k", 3)
+    summary = save.pack_directory(tmp_path / "src", store, "p/k", 3)
+    add_pack_entry(store, "p/k", summary["info"])  # as `cachefs pack` does
     data = store.objects["p/k"][0]
     offset, clen, ulen, sha = decode_trailer(data[-TRAILER.size:])
     toc = decode_toc(data[offset:offset + clen], ulen, sha)

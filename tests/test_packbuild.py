@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cachefs.packbuild import BuildLog, Item
+from cachefs.pack.build import BuildLog, Item
 
 from .conftest import Mounter, cli
 from .servers import SeaweedFS
@@ -161,7 +161,7 @@ def test_daemon_killed_before_seal_loses_nothing(seaweed: SeaweedFS, bucket: str
 def test_format_v2_points_at_frames_of_other_packs(tmp_path: Path) -> None:
     """A pack may reuse frames stored in another pack; its table says where they live, and a
     pack without such frames is still written as version 1 (older readers read it)."""
-    from cachefs.pack import PackBuilder, Toc, decode_toc, decode_trailer
+    from cachefs.pack.format import PackBuilder, Toc, decode_toc, decode_trailer
 
     out = bytearray()
     first = PackBuilder(out.extend)

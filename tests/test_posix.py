@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from cachefs.xattrs import BINARY, decode_value, encode_value
+from cachefs.fuse.xattrs import BINARY, decode_value, encode_value
 
 from .conftest import Mount, Mounter, cli
 from .servers import SeaweedFS

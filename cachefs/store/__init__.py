@@ -1,142 +1,21 @@
-"""The object store interface, and the factory that builds a store from a URL.
-
-Store methods block: callers run them in worker threads under the store's CapacityLimiter. Every
-implementation raises only cachefs.errors exceptions, so the core never sees botocore or OS details.
-"""
+"""Object stores: the interface (base.py), S3 (s3.py), a local directory (local.py), and the
+factory that builds one from a store URL."""
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from .base import MAX_PARTS, MIN_PART_SIZE, ListPage, ObjectInfo, ReadStream, Store
 
 if TYPE_CHECKING:
     from ..config import Config
 
-#: S3 refuses multipart parts smaller than this, except the last one.
-MIN_PART_SIZE = 5 << 20
-#: S3 allows at most this many parts in one multipart upload.
-MAX_PARTS = 10_000
-
-
-@dataclasses.dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    etag: str
-    mtime: float
-    #: user metadata (x-amz-meta-*), names lowercased and without the prefix
-    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    #: encrypted with SSE-KMS or SSE-C: its ETag is not an MD5 of the content
-    encrypted: bool = False
-
-
-@dataclasses.dataclass
-class ListPage:
-    objects: list[ObjectInfo]
-    prefixes: list[str]
-
-
-class ReadStream(abc.ABC):
-    """The body of a (ranged) GET. ``info.size`` is the whole object's size."""
-
-    info: ObjectInfo
-
-    @abc.abstractmethod
-    def read(self, n: int) -> bytes:
-        """Up to n bytes; b'' at the end of the requested range."""
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> ReadStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Store(abc.ABC):
-    """A flat namespace of keys holding immutable objects."""
-
-    #: how the store is shown to people (never contains credentials)
-    url: str
-
-    @abc.abstractmethod
-    def check(self) -> None:
-        """Raise BucketNotFound / AccessDenied / StoreUnavailable if the store cannot be used."""
-
-    @abc.abstractmethod
-    def list_page(self, prefix: str, delimiter: str | None = "/",
-                  token: str | None = None) -> tuple[ListPage, str | None]:
-        """One page of keys starting with ``prefix``, in key order, grouped at ``delimiter``
-        if given; returns the page and the token for the next one (None after the last)."""
-
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
-        token: str | None = None
-        while True:
-            page, token = self.list_page(prefix, delimiter, token)
-            yield page
-            if token is None:
-                return
-
-    @abc.abstractmethod
-    def head(self, key: str) -> ObjectInfo: ...
-
-    @abc.abstractmethod
-    def open_read(
-        self, key: str, start: int = 0, length: int | None = None, etag: str | None = None
-    ) -> ReadStream:
-        """Stream ``length`` bytes from ``start``; ObjectChanged if ``etag`` no longer matches."""
-
-    @abc.abstractmethod
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo: ...
-
-    @abc.abstractmethod
-    def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str: ...
-
-    @abc.abstractmethod
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str: ...
-
-    @abc.abstractmethod
-    def complete_multipart(
-        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
-    ) -> ObjectInfo: ...
-
-    @abc.abstractmethod
-    def abort_multipart(self, key: str, upload_id: str) -> None: ...
-
-    @abc.abstractmethod
-    def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Server-side copy; ``metadata`` replaces the source's when given."""
-
-    @abc.abstractmethod
-    def delete(self, key: str) -> None:
-        """Delete ``key``; deleting a missing key is not an error."""
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self.delete(key)
-
-    def read_all(self, key: str, etag: str | None = None) -> tuple[ObjectInfo, bytes]:
-        """A whole small object (manifests, canaries) in memory."""
-        with self.open_read(key, etag=etag) as stream:
-            chunks = []
-            while chunk := stream.read(1 << 20):
-                chunks.append(chunk)
-            return stream.info, b"".join(chunks)
-
-    def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
-        result = ListPage([], [])
-        for page in self.list_pages(prefix, delimiter):
-            result.objects.extend(page.objects)
-            result.prefixes.extend(page.prefixes)
-        return result
+__all__ = ["MAX_PARTS", "MIN_PART_SIZE", "ListPage", "ObjectInfo", "ReadStream", "Store",
+           "StoreLocation", "open_store", "parse_store_url"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BucketNotFound, CacheFSError, NameTooLong, NotFound, ObjectChanged
-from . import ListPage, ObjectInfo, ReadStream, Store
+from .base import ListPage, ObjectInfo, ReadStream, Store
 
 MAGIC = b"CFSOBJ1\n"
 _HEADER = struct.Struct(">I")

@@ -40,7 +40,7 @@ from ..errors import (
     ObjectChanged,
     StoreUnavailable,
 )
-from . import ListPage, ObjectInfo, ReadStream, Store
+from .base import ListPage, ObjectInfo, ReadStream, Store
 
 log = logging.getLogger(__name__)
 

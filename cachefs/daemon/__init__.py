@@ -1,0 +1,3 @@
+"""The mount daemon: builds every part once and hands each its collaborators (run.py), the
+cache-dir lock (lock.py, no pyfuse3) and the mount records that outlive a crash (mountrec.py).
+"""

@@ -1,0 +1,520 @@
+"""The mount daemon: builds every part once, mounts, serves, and shuts down cleanly.
+
+Construction happens here and nowhere else: the store, blob tier, namespace, fetcher, write-back
+and core are created and handed their collaborators, so tests can build the same graph with a
+different store. ``run`` is what `cachefs mount --foreground` executes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from .. import __version__
+from ..attrs import manifest_entry
+from ..config import Config
+from ..core.fs import CacheFS, Limiters, Options
+from ..errors import (
+    AccessDenied,
+    BucketNotFound,
+    CacheFSError,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    StoreUnavailable,
+)
+from ..fuse.ops import FuseOps, KernelNotifier
+from ..fuse.xattrs import Xattrs
+from ..metrics import Stats
+from ..names import component_problem
+from ..nodes import InodeTable
+from ..pack import codec
+from ..pack.mounted import Packs
+from ..remote import subtree
+from ..remote.fallback import OriginFallback, parse_origin_options, validate_setting
+from ..remote.fetch import Fetcher
+from ..remote.manifest import ManifestWriter
+from ..remote.namespace import Namespace
+from ..remote.origin import OriginClient
+from ..remote.prefetch import Prefetcher, warm
+from ..remote.writeback import WriteBack
+from ..store import Store, open_store, parse_store_url
+from ..store.local import LocalStore
+from ..tier.blobs import BlobTier
+from ..tier.db import Database
+from ..tier.listings import MetadataCache
+from . import mountrec
+from .lock import MountError, mount_lock
+
+log = logging.getLogger(__name__)
+
+#: seconds between index flushes (listings, blob access times)
+FLUSH_INTERVAL = 2.0
+#: how long shutdown waits for pending uploads before leaving them to the next mount
+DRAIN_GRACE = 60.0
+#: seconds between checks of an unreachable store
+OFFLINE_PROBE = 5.0
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    if not Path("/dev/fuse").exists():
+        raise MountError("/dev/fuse is missing: install fuse3, or run the container with "
+                         "--device /dev/fuse --cap-add SYS_ADMIN")
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist (mkdir -p it first)") \
+            from None
+    except OSError as e:
+        hint = " (a dead mount: `cachefs umount` it)" if e.errno in mountrec.DEAD_ERRNOS else ""
+        raise MountError(f"mount point {mountpoint}: {e.strerror}{hint}") from None
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point (cachefs umount it first)")
+
+
+def check_store(store: Store, has_cache: bool) -> bool:
+    """Make sure the store can be used. Returns False when it is unreachable but a cached
+    listing lets the mount come up offline."""
+    try:
+        store.check()
+        return True
+    except BucketNotFound as e:
+        raise MountError(f"{e}") from None
+    except AccessDenied as e:
+        raise MountError(f"store refused our credentials: {e}") from None
+    except StoreUnavailable as e:
+        if has_cache:
+            log.warning("store unreachable (%s): mounting offline from the cache dir", e)
+            return False
+        raise MountError(f"store unreachable: {e}") from None
+
+
+class Daemon:
+    """Everything one mount needs, wired together."""
+
+    def __init__(self, config: Config, mountpoint: Path, store: Store, prefix: str) -> None:
+        self.config = config
+        self.mountpoint = mountpoint
+        self.store = store
+        self.prefix = prefix
+        cache_dir = Path(config.cache_dir)
+        self.db = Database(cache_dir / "index.db")
+        self.stats = Stats()
+        self.limiters = Limiters(
+            s3=trio.CapacityLimiter(config.connections),
+            disk=trio.CapacityLimiter(8),
+            cpu=trio.CapacityLimiter(max(2, os.cpu_count() or 2)),
+        )
+        self.blobs = BlobTier(cache_dir, self.db, config.cache_size, self.limiters.disk,
+                              self.limiters.cpu)
+        self.metadata = MetadataCache(self.db)
+        self.table = InodeTable()
+        try:
+            level = codec.parse_level(config.compress)
+        except ValueError as e:
+            raise ConfigError(f"compress: {e}") from None
+        self.writeback = WriteBack(store, self.blobs, cache_dir, s3=self.limiters.s3,
+                                   disk=self.limiters.disk, cpu=self.limiters.cpu,
+                                   stats=self.stats, compress_level=level)
+        self.notifier = KernelNotifier()
+        self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
+                                        entries_for=self._manifest_entries,
+                                        on_written=self._manifest_written)
+        self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
+                            ttl=config.metadata_ttl, notifier=self.notifier,
+                            pending_kind=self.writeback.pending_kind,
+                            pending_put=self.writeback.pending_put,
+                            pending_under=self.writeback.pending_under,
+                            manifest_pending=self.manifests.pending)
+        self.origin_client = OriginClient(config.timeout)
+        self.fetcher = Fetcher(store, self.blobs, s3=self.limiters.s3, disk=self.limiters.disk,
+                               cpu=self.limiters.cpu, stats=self.stats,
+                               origin=self.origin_client, etag_check=config.etag_check)
+        self.origins = OriginFallback(self.origin_client, self.ns, self.table, self.metadata,
+                                      self.stats, mount_origins=parse_origin_options(config.origin),
+                                      default_mode=config.origin_fetch, ttl=config.metadata_ttl)
+        self.fs = CacheFS(ns=self.ns, table=self.table, blobs=self.blobs, fetcher=self.fetcher,
+                          writeback=self.writeback, manifests=self.manifests,
+                          metadata=self.metadata, stats=self.stats, limiters=self.limiters,
+                          options=Options(read_only=config.read_only,
+                                          sync_writes=config.writeback == "sync",
+                                          timeout=config.timeout, ttl=config.metadata_ttl,
+                                          pack_idle=config.pack_idle),
+                          origins=self.origins,
+                          packs=Packs(store, self.blobs, self.table, self.stats,
+                                      s3=self.limiters.s3, cpu=self.limiters.cpu,
+                                      disk=self.limiters.disk))
+        self.prefetcher = Prefetcher(self.ns, cached_paths=self.fs.cached_paths,
+                                     start_fetch=self.fs.start_fetch, disk=self.limiters.disk,
+                                     stats=self.stats)
+        self.fs.on_read_open = self.prefetcher.opened
+        self.subtree: subtree.Subtree | None = None
+        self.last_warm: dict[str, int] = {}
+        self.last_pack: dict[str, Any] = {}
+        self.last_verify: dict[str, Any] = {}
+        self.xattrs = Xattrs(self.fs, self.control, validate_setting=validate_setting,
+                             actions={"fetch": self._approve, "warm": self._warm,
+                                      "pack": self._pack_from_mount,
+                                      "verify": self._verify})
+        self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
+
+    def start(self) -> None:
+        """Blocking start-up work, before the mount answers."""
+        self.blobs.start()
+        self.metadata.start()
+        self.writeback.start()
+
+    # -- callbacks -----------------------------------------------------------------------------
+
+    async def _manifest_entries(self, path: str, names: set[str]) -> dict[str, Any] | None:
+        directory = await self.ns.resolve(path)
+        if directory is None or directory.children is None:
+            return None
+        result: dict[str, Any] = {}
+        for name in names:
+            node = directory if (name == "." and directory is self.table.root) \
+                else directory.children.get(name)
+            result[name] = manifest_entry(node) if node is not None else None
+        return result
+
+    def _manifest_written(self, path: str, etag: str | None) -> None:
+        node = self.ns.find(path)
+        if node is not None:
+            node.manifest_etag = etag
+            self.metadata.mark(node)
+
+    def mount_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"pid": os.getpid()}
+        if self.subtree is not None:
+            info.update(key=self.subtree.key, exact=self.subtree.exact,
+                        pack=self.subtree.pack is not None)
+        return info
+
+    async def _approve(self, path: str) -> None:
+        await self.fs.approve(path)
+
+    async def _verify(self, mode: str) -> None:
+        bad = []
+        digests = list(self.blobs.entries)
+        for digest in digests:
+            if not await self.blobs.verify(digest, discard=mode == "repair"):
+                bad.append(digest)
+        self.last_verify = {"checked": len(digests), "bad": bad, "repaired": mode == "repair",
+                            "bytes": self.blobs.usage, "pending_uploads_damaged": sorted(
+                                op.digest for op in self.writeback.queue
+                                if op.digest and op.digest in bad)}
+
+    async def _pack_from_mount(self, request: str) -> None:
+        """``cachefs pack --from-mount``: save a mounted pack and its layer as a new pack."""
+        try:
+            doc = json.loads(request)
+            path, key = str(doc["path"]), str(doc["key"]).strip("/")
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument('expected {"path": ..., "key": ...}') from None
+        problems = [p for p in map(component_problem, key.split("/")) if p]
+        if not key or problems:
+            why = problems[0] if problems else "empty"
+            raise InvalidArgument(f"{key!r} is not a usable key ({why})")
+        node = await self.ns.resolve(path)
+        if node is None:
+            raise NotFound(f"{path or '/'}: no such directory")
+        base = parse_store_url(self.config.store).prefix.strip("/")
+        full = f"{base}/{key}" if base else key
+        self.last_pack = {}
+        started = time.monotonic()
+        summary = await self.fs.save_as(node, full)
+        self.last_pack = {"key": full, "seconds": round(time.monotonic() - started, 2),
+                          **summary}
+
+    async def _warm(self, path: str) -> None:
+        node = await self.ns.resolve(path)
+        if node is None:
+            raise NotFound(f"{path}: no such file or directory")
+        result = await warm(self.ns, node, cached_paths=self.fs.cached_paths,
+                            start_fetch=self.fs.start_fetch, stats=self.stats)
+        self.last_warm = result
+        if result["failed"]:
+            raise CacheFSError(f"{result['failed']} file(s) could not be fetched (see the log)")
+
+    async def control(self, name: str) -> dict[str, Any] | str:
+        """Answers to the root's control attributes (see fuse/xattrs.py)."""
+        if name == "pid":
+            return str(os.getpid())
+        if name == "version":
+            return __version__
+        if name == "store":
+            return self.store.url + ("/" + self.prefix if self.prefix else "")
+        if name == "config":
+            return {k: v for k, v in vars(self.config).items() if k != "sources"}
+        if name == "status":
+            return self.fs.status()
+        if name == "sync":
+            return await self.fs.sync()
+        if name == "subtree":
+            return self.mount_info()
+        if name == "warmed":
+            return self.last_warm
+        if name == "packed":
+            return self.last_pack
+        if name == "verified":
+            return self.last_verify
+        if name == "keys":
+            return {"keys": self.stats.key_report(300)}
+        return self.stats_snapshot()
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        snap = self.stats.snapshot()
+        snap.update({
+            "pid": os.getpid(),
+            "store": self.store.url + ("/" + self.prefix if self.prefix else ""),
+            "mountpoint": str(self.mountpoint),
+            "offline": self.ns.offline,
+            "cache": {"bytes": self.blobs.usage, "capacity": self.blobs.capacity,
+                      "blobs": len(self.blobs.entries), "evictions": self.blobs.evictions},
+            "pending_uploads": len(self.writeback.queue),
+            "fetches_in_flight": len(self.fetcher.active),
+            "open_handles": len(self.fs.handles),
+            "inodes": len(self.table.nodes),
+        })
+        return snap
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.fs.seal_idle()
+                await self.fs.flush_index()
+            except Exception:
+                log.exception("writing the cache index failed")
+
+    async def _watch_store(self) -> None:
+        """While offline, ask the store every few seconds whether it is back."""
+        while True:
+            await trio.sleep(OFFLINE_PROBE)
+            if not (self.ns.offline or self.fs.offline_at_start):
+                continue
+            try:
+                await trio.to_thread.run_sync(self.store.check, limiter=self.limiters.s3)
+            except CacheFSError as e:
+                log.debug("store still unreachable: %s", e)
+                continue
+            log.warning("store reachable again%s",
+                        ": the mount is writable" if self.fs.offline_at_start else "")
+            self.ns.offline = False
+            self.fs.offline_at_start = False
+            self.ns.invalidate_all()
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                log.info("%s: draining uploads, then unmounting",
+                         signal.Signals(signum).name)
+                with trio.move_on_after(DRAIN_GRACE):
+                    await self.fs.sync()
+                pyfuse3.terminate()
+                return
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[trio.Nursery]:
+        """The background services (fetches, uploads, manifests, index flushes) while open."""
+        await self.ns.load_root()
+        await self.manifests.start()
+        async with trio.open_nursery() as services:
+            await services.start(self.notifier.run)
+            await services.start(self.ns.run)
+            await services.start(self.fetcher.run)
+            await services.start(self.writeback.run)
+            await services.start(self.manifests.run)
+            await services.start(self.prefetcher.run)
+            services.start_soon(self._housekeeping)
+            services.start_soon(self.fs.recover_builds)
+            services.start_soon(self._watch_store)
+            try:
+                yield services
+            finally:
+                services.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await self.origin_client.aclose()
+
+    async def finish(self) -> None:
+        """After the mount is gone: let fills from an origin finish (their uploads are queued
+        when they complete), seal NAME.pack directories, give pending uploads a last chance,
+        save the index."""
+        # Outside the grace period: a fill is bounded by its progress (--timeout without a
+        # byte), and the uploads it queues still get all of DRAIN_GRACE.
+        await self.fs.finish_origin_fills()
+        with trio.move_on_after(DRAIN_GRACE):
+            for error in await self.fs.seal_all():
+                log.error("not sealed: %s (its files stay in the cache dir, sealed at the "
+                          "next mount)", error)
+            if any(b.overlay for b in self.fs.building.values()):
+                log.warning("the changes made over the mounted pack were not saved with "
+                            "cachefs pack --from-mount: they are discarded")
+            failed = await self.writeback.drain(attempts=2)
+            if failed:
+                log.warning("%d upload(s) left for the next mount with this cache dir",
+                            len(failed))
+        with trio.move_on_after(10), contextlib.suppress(CacheFSError):
+            await self.manifests.flush()
+        await self.fs.flush_index()
+
+    async def main(self, ready_fd: int | None) -> None:
+        async with self.running() as services:
+            services.start_soon(self._signals, services)
+            if ready_fd is not None:
+                _report(ready_fd, "ok " + json.dumps(self.mount_info()))
+            log.info("mounted %s at %s", self.store.url + "/" + self.prefix, self.mountpoint)
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            log.info("unmounted; finishing pending uploads")
+            await self.finish()
+
+    def close(self) -> None:
+        self.writeback.close()
+        self.db.close()
+
+
+def _write_record(mountpoint: Path, cache_dir: Path, store_url: str) -> None:
+    """Say who serves this mount, for `cachefs umount` should this process be killed."""
+    record = mountrec.MountRecord(mountpoint=str(mountpoint), pid=os.getpid(),
+                                  cache_dir=str(cache_dir.absolute()), store=store_url)
+    try:
+        mountrec.write(record)
+    except OSError as e:
+        log.warning("cannot write the mount record %s (%s): if this daemon is killed, "
+                    "`cachefs umount` cannot say what was pending", mountrec.record_path(
+                        mountpoint), e.strerror)
+
+
+def _report(fd: int, message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, (message + "\n").encode())
+        os.close(fd)
+
+
+def fuse_options(config: Config, store_url: str) -> set[str]:
+    opts = {"fsname=" + store_url.replace(",", "%2C"), "subtype=cachefs", "noatime"}
+    if config.allow_other:
+        opts |= {"allow_other", "default_permissions"}
+    if config.read_only:
+        opts.add("ro")
+    return opts
+
+
+def setup_logging(level: str, stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # boto's debug output includes request headers; it never gets more than warnings.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted. Returns the process exit code."""
+    path = Path(mountpoint).absolute()
+    # Worker threads (HTTP, hashing) hold the GIL in bursts; the default 5 ms switch interval
+    # then delays the FUSE loop's replies by milliseconds. A shorter one keeps it responsive.
+    sys.setswitchinterval(float(os.environ.get("CACHEFS_SWITCH_INTERVAL", "0.0005")))
+    try:
+        check_mountpoint(path)
+        store, prefix = open_store(config)
+        if isinstance(store, LocalStore):
+            store.ensure()
+        cache_dir = Path(config.cache_dir)
+        with mount_lock(cache_dir):
+            online = check_store(store, has_cache=(cache_dir / "index.db").exists())
+            chosen = None
+            if config.subtree:
+                chosen = subtree.resolve(store, prefix, config.subtree, config.restore_key)
+                prefix = chosen.prefix
+            daemon = Daemon(config, path, store, prefix)
+            daemon.ns.offline = daemon.fs.offline_at_start = not online
+            if chosen is not None and chosen.pack is not None:
+                root = daemon.table.root
+                root.pack = "tar.zst" if chosen.prefix.endswith(".tar.zst") else True
+                root.etag, root.size = chosen.pack.etag, chosen.pack.size
+                # a build may add to a mounted pack: changes go to a local layer
+                daemon.fs.overlay_root = root.pack is True and not config.read_only
+            daemon.subtree = chosen
+            daemon.start()
+            store_url = store.url + ("/" + prefix.rstrip("/") if prefix else "")
+            try:
+                pyfuse3.init(daemon.ops, str(path), fuse_options(config, store_url))
+            except RuntimeError as e:
+                raise MountError(f"mounting {path} failed: {e} (is /dev/fuse usable and "
+                                 "the mount point empty?)") from None
+            _write_record(path, cache_dir, store_url)
+            try:
+                trio.run(daemon.main, ready_fd)
+            finally:
+                pyfuse3.close(unmount=True)
+                mountrec.remove(path, os.getpid())
+                daemon.close()
+        log.info("cachefs exited cleanly")
+        return 0
+    except subtree.SubtreeMissing as e:
+        log.error("%s", e)
+        if ready_fd is not None:
+            _report(ready_fd, "miss: " + str(e))
+        return 1
+    except (MountError, ConfigError, CacheFSError) as e:
+        log.error("%s", e)
+        if ready_fd is not None:
+            _report(ready_fd, "error: " + str(e))
+        return 2
+
+
+def wait_mounted(mountpoint: Path, pid: int | None, timeout: float = 30.0) -> bool:
+    """True once ``mountpoint`` answers as a cachefs mount (used by the CLI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.path.ismount(mountpoint) and os.getxattr(mountpoint, "user.cachefs.pid"):
+                return True
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTCONN, errno.ENOENT, errno.EIO):
+                raise
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return False
+        time.sleep(0.05)
+    return False
+
+
+def is_cachefs_mount(mountpoint: Path) -> bool:
+    try:
+        st = os.stat(mountpoint)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and os.path.ismount(mountpoint)
+
+
+def read_control(mountpoint: Path, name: str) -> Any:
+    raw = os.getxattr(mountpoint, "user.cachefs." + name)
+    text = raw.decode()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

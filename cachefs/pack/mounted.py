@@ -1,0 +1,338 @@
+"""Packs in the mount: a pack object shows as a read-only directory tree.
+
+Its table of contents is fetched once (trailer, then table: two ranged GETs), kept in the blob tier
+under the pack's (key, ETag), and turned into nodes in one go: listings and `stat` below a pack
+never touch the store. A file's bytes live in frames; a frame is fetched with one ranged GET,
+decompressed, checked against its SHA-256 and kept (decompressed) in the blob tier, so reading a
+file is a slice of a verified local blob. A corrupted frame is discarded and fetched again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from ..errors import CacheFSError, ChecksumMismatch, InvalidArgument, StoreUnavailable
+from ..metrics import Stats
+from ..nodes import InodeTable, Kind, Node
+from ..store import Store
+from ..tier.blobs import BlobReader, BlobTier, DigestBuilder
+from . import codec
+from . import tarzst as tarpack
+from .format import TRAILER, Entry, Toc, decode_toc, decode_trailer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ATTEMPTS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class PackRef:
+    """A pack object (or a .tar.zst archive), by the version the listing showed."""
+
+    key: str
+    etag: str
+    size: int
+    kind: str = "pack"  # pack | tar.zst
+
+
+@dataclasses.dataclass(eq=False)
+class LoadedPack:
+    ref: PackRef
+    toc: Toc
+
+
+@dataclasses.dataclass(eq=False)
+class PackFile:
+    pack: LoadedPack
+    entry: Entry
+
+
+class Packs:
+    def __init__(self, store: Store, blobs: BlobTier, table: InodeTable, stats: Stats, *,
+                 s3: trio.CapacityLimiter, cpu: trio.CapacityLimiter,
+                 disk: trio.CapacityLimiter) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.table = table
+        self.stats = stats
+        self.s3 = s3
+        self.cpu = cpu
+        self.disk = disk
+        self._frames: dict[str, trio.Event] = {}  # frame fetches in flight, by digest
+        self._tocs: dict[tuple[str, str], trio.Event] = {}
+
+    # -- the table of contents -----------------------------------------------------------------
+
+    async def load(self, ref: PackRef) -> Toc:
+        """The pack's table of contents: from the blob tier, or fetched once."""
+        toc_key = ref.key + ("#toc" if ref.kind == "pack" else "#tar-index")
+        while (ref.key, ref.etag) in self._tocs:
+            await self._tocs[(ref.key, ref.etag)].wait()
+        digest = self.blobs.lookup(toc_key, ref.etag)
+        if digest is not None:
+            try:
+                data = await trio.to_thread.run_sync(self.blobs.path(digest).read_bytes,
+                                                     limiter=self.disk)
+                return Toc.decode(data)
+            except (OSError, ChecksumMismatch) as e:
+                await self.blobs.discard(digest, f"stored table of contents unusable: {e}")
+        event = self._tocs[(ref.key, ref.etag)] = trio.Event()
+        try:
+            if ref.kind == "tar.zst":
+                raw, toc = await self._fetch_tar(ref)
+            else:
+                raw, toc = await self._fetch_toc(ref)
+            await self._keep(raw, [(toc_key, ref.etag)])
+            self.stats.count("pack_tocs_fetched")
+            return toc
+        finally:
+            del self._tocs[(ref.key, ref.etag)]
+            event.set()
+
+    async def _fetch_toc(self, ref: PackRef) -> tuple[bytes, Toc]:
+        def fetch() -> tuple[bytes, Toc]:
+            tail = min(ref.size, TRAILER.size)
+            trailer = self._range(ref, ref.size - tail, tail)
+            try:
+                offset, clen, ulen, sha = decode_trailer(trailer)
+            except InvalidArgument as e:  # damaged in transit, or not a pack: try again
+                raise ChecksumMismatch(f"{ref.key}: {e}") from None
+            compressed = self._range(ref, offset, clen)
+            toc = decode_toc(compressed, ulen, sha)
+            return toc.encode(), toc
+
+        return await self._retrying(f"table of contents of {ref.key}", fetch)
+
+    async def _fetch_tar(self, ref: PackRef) -> tuple[bytes, Toc]:
+        """Download and decompress a .tar.zst once; the plain tar becomes one blob."""
+        temp = self.blobs.new_temp_path("tar")
+        progress = self.stats.begin("archive", ref.key, ref.size)
+
+        def fetch() -> tuple[str, int, array]:
+            with self.store.open_read(ref.key, etag=ref.etag) as stream:
+                return tarpack.decompress_to(stream, temp)
+
+        try:
+            digest, size, crcs = await self._retrying(f"archive {ref.key}", fetch)
+            await self.blobs.commit(temp, digest, size, crcs)
+            toc = await trio.to_thread.run_sync(tarpack.index, self.blobs.path(digest), digest,
+                                                size, limiter=self.cpu)
+        finally:
+            self.stats.end(progress)
+            temp.unlink(missing_ok=True)
+        self.stats.count("archives_fetched")
+        self.stats.count("bytes_from_store", ref.size)
+        return toc.encode(), toc
+
+    def _range(self, ref: PackRef, start: int, length: int) -> bytes:
+        with self.store.open_read(ref.key, start, length, etag=ref.etag) as stream:
+            chunks = []
+            while chunk := stream.read(1 << 20):
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        if len(data) != length:
+            raise StoreUnavailable(f"{ref.key}: got {len(data)} of {length} bytes")
+        return data
+
+    async def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        delay = 0.2
+        for attempt in range(ATTEMPTS):
+            try:
+                return await trio.to_thread.run_sync(fn, limiter=self.s3)
+            except (StoreUnavailable, ChecksumMismatch) as e:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                log.info("%s: %s; retrying", what, e)
+                await trio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _keep(self, data: bytes, bindings: list[tuple[str, str]]) -> str:
+        def place() -> tuple[str, int, array]:
+            builder = DigestBuilder()
+            builder.update(data)
+            digest, crcs = builder.finish()
+            if not self.blobs.has(digest):
+                temp = self.blobs.new_temp_path("pack")
+                temp.write_bytes(data)
+                dest = self.blobs.path(digest)
+                dest.parent.mkdir(exist_ok=True, mode=0o700)
+                os.chmod(temp, 0o600)
+                os.replace(temp, dest)
+            return digest, len(data), crcs
+
+        digest, size, crcs = await trio.to_thread.run_sync(place, limiter=self.cpu)
+        self.blobs.register(digest, size, crcs)
+        for key, etag in bindings:
+            self.blobs.bind(key, etag, digest)
+        await self.blobs.evict()
+        return digest
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def populate(self, top: Node, ref: PackRef, toc: Toc) -> None:
+        """Build the read-only tree of ``top`` (a pack directory) from its table of contents."""
+        loaded = LoadedPack(ref, toc)
+        top.children = {}
+        top.listed_at = float("inf")  # immutable: never listed again while the ETag holds
+        dirs = {"": top}
+        for entry in toc.entries:
+            parent_path, name = posixpath.split(entry.path)
+            parent = dirs.get(parent_path)
+            if parent is None or parent.children is None or not name:
+                log.warning("pack %s: entry %r has no parent directory: skipped", ref.key,
+                            entry.path)
+                continue
+            kind = {"f": Kind.FILE, "d": Kind.DIR, "l": Kind.LINK}.get(entry.kind)
+            if kind is None:
+                continue
+            node = self.table.new(kind, name, parent, mode=entry.mode & 0o7777,
+                                  mtime_ns=entry.mtime_ns, ctime_ns=entry.mtime_ns,
+                                  size=entry.size, digest=entry.sha256, target=entry.target,
+                                  source="store", attrs_from="manifest")
+            if kind is Kind.DIR:
+                node.children = {}
+                node.listed_at = float("inf")
+                dirs[entry.path] = node
+            elif kind is Kind.FILE:
+                node.pack = PackFile(loaded, entry)
+            parent.children[name] = node
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def frame_paths(self, file: PackFile) -> list[Path] | None:
+        """Blob paths of the file's frames if all are cached."""
+        digests = [file.pack.toc.frames[i].sha256 for i, _, _ in file.entry.extents]
+        if all(self.blobs.has(d) for d in digests):
+            return [self.blobs.path(d) for d in digests]
+        return None
+
+    async def ensure(self, file: PackFile) -> None:
+        """Every frame of the file in the blob tier (fetched in parallel if needed)."""
+        indexes = sorted({i for i, _, _ in file.entry.extents})
+        async with trio.open_nursery() as nursery:
+            for index in indexes:
+                nursery.start_soon(self.ensure_frame, file.pack, index)
+
+    async def ensure_frame(self, pack: LoadedPack, index: int) -> str:
+        frame = pack.toc.frames[index]
+        digest = frame.sha256
+        while not self.blobs.has(digest):
+            busy = self._frames.get(digest)
+            if busy is not None:
+                await busy.wait()
+                continue
+            event = self._frames[digest] = trio.Event()
+            try:
+                await self._fetch_frame(pack, index)
+            finally:
+                del self._frames[digest]
+                event.set()
+        return digest
+
+    async def _fetch_frame(self, pack: LoadedPack, index: int) -> None:
+        frame = pack.toc.frames[index]
+        if pack.ref.kind == "tar.zst":  # the archive's only frame is the whole tar
+            _, toc = await self._fetch_tar(pack.ref)
+            if toc.frames[0].sha256 != frame.sha256:
+                raise ChecksumMismatch(f"{pack.ref.key}: the archive decompresses to "
+                                       "different bytes than when it was indexed")
+            return
+
+        holder = pack.ref
+        if frame.source:  # stored in an earlier pack this one builds on
+            key, etag = pack.toc.sources[frame.source - 1]
+            holder = PackRef(key, etag, 0)
+
+        def fetch() -> bytes:
+            compressed = self._range(holder, frame.offset, frame.clen)
+            return compressed
+
+        compressed = await self._retrying(f"frame {index} of {pack.ref.key}", fetch)
+
+        def unpack() -> bytes:
+            return codec.decompress(compressed, frame.ulen)
+
+        for attempt in range(2):
+            data = await trio.to_thread.run_sync(unpack, limiter=self.cpu)
+            digest = await self._keep(data, [])
+            if digest == frame.sha256:
+                break
+            await self.blobs.discard(digest, "frame content does not match the pack's table")
+            self.stats.error("corrupt_frame")
+            if attempt == 1:
+                raise ChecksumMismatch(f"{pack.ref.key}: frame {index} fails its checksum")
+            compressed = await self._retrying(f"frame {index} of {pack.ref.key}", fetch)
+        self.stats.count("pack_frames_fetched")
+        self.stats.count("bytes_from_store", frame.clen)
+
+
+class PackFileReader:
+    """Reads one file of a pack: slices of its frames' blobs, each checked as it is read."""
+
+    def __init__(self, packs: Packs, file: PackFile) -> None:
+        self.packs = packs
+        self.file = file
+        self.size = file.entry.size
+        self.digest = ""
+        self._readers: dict[int, BlobReader] = {}
+
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        out = []
+        position = 0
+        for index, start, length in self.file.entry.extents:
+            lo, hi = max(offset, position), min(end, position + length)
+            if lo < hi:
+                out.append(await self._slice(index, start + lo - position, hi - lo))
+            position += length
+            if position >= end:
+                break
+        return b"".join(out)
+
+    async def _slice(self, index: int, offset: int, size: int) -> bytes:
+        for attempt in range(2):
+            reader = await self._reader(index)
+            try:
+                return await reader.read(offset, size)
+            except ChecksumMismatch:
+                # Bad on disk: drop the frame and fetch it again; never serve it.
+                reader.close()
+                del self._readers[index]
+                self.packs.stats.error("corrupt_blob")
+                await self.packs.blobs.discard(reader.digest, "a frame block failed its "
+                                               "checksum when read back")
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _reader(self, index: int) -> BlobReader:
+        reader = self._readers.get(index)
+        for _ in range(3):
+            if reader is not None:
+                return reader
+            digest = await self.packs.ensure_frame(self.file.pack, index)
+            self.digest = digest
+            try:  # a tight cache may evict the frame before we get to open it
+                reader = self._readers[index] = self.packs.blobs.open_reader(digest)
+            except FileNotFoundError:
+                log.info("pack frame %d evicted before it was opened; fetching again", index)
+        if reader is None:
+            raise CacheFSError("the blob tier is too small to hold a pack frame open")
+        return reader
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()

@@ -1,0 +1,220 @@
+"""Reading ahead across files.
+
+`cp -r`, `tar c` and builds open files one after another in tree order (sorted names, descending
+into directories as they come). Once two opens in a row follow that order, the prefetcher keeps
+a window of the next files (by count and bytes) on their way: files not yet cached are fetched
+from the store with bounded parallelism, and cached ones are read into the page cache from the
+blob tier in the background. A serial reader then never waits for one request's latency or one
+disk seek at a time. An open out of order starts over; the window bounds what a wrong guess costs.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from ..errors import CacheFSError
+from ..metrics import Stats
+from ..nodes import Kind, Node
+from .namespace import Namespace
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    files: int = 256
+    bytes: int = 128 << 20
+    #: larger files are left to the reader (they are fetched in parallel parts anyway)
+    max_file: int = 16 << 20
+    #: store fetches started by the prefetcher at once
+    parallel: int = 16
+
+
+class Prefetcher:
+    def __init__(self, ns: Namespace, *,
+                 cached_paths: Callable[[Node], list[Path] | None],
+                 start_fetch: Callable[[Node, int], Awaitable[object] | None],
+                 disk: trio.CapacityLimiter, stats: Stats, window: Window | None = None) -> None:
+        self.ns = ns
+        #: local files holding a node's content, if all of it is cached
+        self.cached_paths = cached_paths
+        #: starts bringing a node's content into the blob tier; None if it cannot
+        self.start_fetch = start_fetch
+        self.disk = disk
+        self.stats = stats
+        self.window = window or Window()
+        self.plan: collections.deque[Node] = collections.deque()
+        self.active = False  # two opens in a row followed the plan
+        self._walk: AsyncIterator[Node] | None = None
+        self._stale_walks: list[AsyncIterator[Node]] = []
+        self._started: set[int] = set()  # inodes already fetched or warmed in this stream
+        self._wake = trio.Event()
+        self._slots = trio.Semaphore(self.window.parallel)
+        self._nursery: trio.Nursery | None = None
+
+    def opened(self, node: Node) -> None:
+        """A file was opened for reading (called by the core, on the trio thread)."""
+        if node in self.plan:
+            while self.plan and self.plan[0] is not node:
+                self.plan.popleft()
+            self.plan.popleft()
+            self.active = True
+        else:
+            self.plan.clear()
+            self._started.clear()
+            self.active = False
+            if self._walk is not None:
+                self._stale_walks.append(self._walk)
+            self._walk = self._successors(node)
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                try:
+                    await self._refill()
+                except CacheFSError as e:
+                    log.debug("prefetch stopped: %s", e)
+
+    async def _refill(self) -> None:
+        """Top the plan up to the window; start fetches and page-cache reads for new entries."""
+        while self._stale_walks:
+            await self._stale_walks.pop().aclose()  # type: ignore[attr-defined]
+        walk = self._walk
+        if walk is None:
+            return
+        planned_bytes = sum(n.size for n in self.plan)
+        limit = self.window.files if self.active else 8
+        while len(self.plan) < limit and planned_bytes < self.window.bytes:
+            try:
+                node = await walk.__anext__()
+            except StopAsyncIteration:
+                self._walk = None
+                break
+            if walk is not self._walk:  # a new stream started while we listed
+                return
+            self.plan.append(node)
+            planned_bytes += node.size
+        if not self.active:
+            return  # planned, but not acted on until the reader confirms the order
+        warm: dict[Path, None] = {}  # ordered, without repeats (pack files share frames)
+        for node in self.plan:
+            if node.ino in self._started:
+                continue
+            self._started.add(node.ino)
+            paths = self.cached_paths(node)
+            if paths is not None:
+                warm.update(dict.fromkeys(paths))
+            else:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._fetch, node)
+        if warm:
+            self.stats.count("prefetch_local", len(warm))
+            assert self._nursery is not None
+            self._nursery.start_soon(self._warm, list(warm))
+
+    async def _fetch(self, node: Node) -> None:
+        async with self._slots:
+            if self.cached_paths(node) is not None:
+                return
+            waiting = self.start_fetch(node, self.window.max_file)
+            if waiting is None:
+                return
+            self.stats.count("prefetch_store")
+            try:
+                await waiting
+            except CacheFSError as e:
+                log.debug("prefetch of %s failed: %s", node.describe(), e)
+
+    async def _warm(self, paths: list[Path]) -> None:
+        def readahead() -> None:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                    finally:
+                        os.close(fd)
+
+        await trio.to_thread.run_sync(readahead, limiter=self.disk)
+
+    async def _successors(self, node: Node) -> AsyncIterator[Node]:
+        """Files after ``node`` in tree order: later siblings (and what is below them), then
+        the parent's later siblings, and so on up."""
+        current = node
+        while current.parent is not None:
+            parent = current.parent
+            children = await self.ns.children(parent)
+            later = sorted(name for name in children if name > current.name)
+            for name in later:
+                child = children.get(name)
+                if child is None:
+                    continue
+                if child.kind is Kind.FILE:
+                    yield child
+                elif child.kind is Kind.DIR:
+                    async for below in tree_files(self.ns, child):
+                        yield below
+            current = parent
+
+
+async def tree_files(ns: Namespace, directory: Node) -> AsyncIterator[Node]:
+    """Every file below ``directory``, in tree order, listing directories as needed."""
+    children = await ns.children(directory)
+    for name in sorted(children):
+        child = children.get(name)
+        if child is None:
+            continue
+        if child.kind is Kind.FILE:
+            yield child
+        elif child.kind is Kind.DIR:
+            async for below in tree_files(ns, child):
+                yield below
+
+
+async def warm(ns: Namespace, top: Node, *, cached_paths: Callable[[Node], list[Path] | None],
+               start_fetch: Callable[[Node, int], Awaitable[object] | None], stats: Stats,
+               parallel: int = 32) -> dict[str, int]:
+    """`cachefs warm`: bring every file below ``top`` into the blob tier, many at a time."""
+    files = [top] if top.kind is Kind.FILE else [n async for n in tree_files(ns, top)]
+    progress = stats.begin("warm", ns.key(top) if top.kind is not Kind.DIR
+                           else ns.dir_prefix(top), sum(n.size for n in files))
+    slots = trio.Semaphore(parallel)
+    result = {"files": len(files), "cached": 0, "fetched": 0, "failed": 0, "skipped": 0}
+
+    async def one(node: Node) -> None:
+        async with slots:
+            if cached_paths(node) is not None:
+                result["cached"] += 1
+            else:
+                waiting = start_fetch(node, 1 << 62)
+                if waiting is None:
+                    result["skipped"] += 1
+                else:
+                    try:
+                        await waiting
+                        result["fetched"] += 1
+                    except CacheFSError as e:
+                        log.warning("warm: %s: %s", node.describe(), e)
+                        result["failed"] += 1
+            progress.done += node.size
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for node in files:
+                nursery.start_soon(one, node)
+    finally:
+        stats.end(progress)
+    return result

@@ -1,0 +1,519 @@
+"""Write-back: getting closed files (and renames, deletes, directories) into the store.
+
+Every change is first appended to a journal (``journal.log`` in the cache dir, fsynced) that names
+the blob holding the content, then applied to the store by background workers, in order per key.
+An operation leaves the journal only once the store has it, so nothing a program closed is lost
+if the daemon dies: the next mount with the same cache dir replays what is left.
+
+In ``sync`` mode the caller waits for its operation (close() returns once the object is in the
+store, or fails with EIO); in ``async`` mode it returns once the journal has it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..errors import CacheFSError, NotFound, unwrap_group
+from ..metrics import Stats
+from ..pack import zobject
+from ..store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
+from ..tier.blobs import BlobTier, digest_path
+from .streamup import StreamUpload
+
+log = logging.getLogger(__name__)
+
+#: objects larger than this are uploaded in parts, several at once
+MULTIPART_THRESHOLD = 8 << 20
+PART_SIZE = 8 << 20
+PARTS_IN_FLIGHT = 8
+#: smaller files are stored plain even with --compress: the index would outweigh the gain
+COMPRESS_MIN = 4096
+#: background retries back off up to this many seconds
+MAX_BACKOFF = 60.0
+#: a caller waiting on its operation (sync mode) gives up after this many failed attempts
+WAIT_ATTEMPTS = 3
+
+KINDS = ("put", "delete", "copy", "move")
+#: the journal's file name in the cache dir
+JOURNAL = "journal.log"
+
+
+@dataclasses.dataclass(eq=False)
+class Op:
+    seq: int
+    kind: str  # put | delete | copy | move (copy to key, then delete src)
+    key: str
+    src: str | None = None
+    digest: str | None = None
+    size: int = 0
+    meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    created: float = dataclasses.field(default_factory=time.time)
+    # runtime
+    attempts: int = 0
+    started: bool = False
+    superseded: bool = False
+    last_error: str = ""
+    not_before: float = 0.0
+    #: attempts made before the last `sync`: backoff starts over from there
+    backoff_from: int = 0
+    info: ObjectInfo | None = None
+    #: loaded from the journal at start: its blob is checked before it is uploaded
+    replayed: bool = False
+    #: parts already sent while the file was written (streamup.StreamUpload), not journaled
+    stream: Any = None
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    progress: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, self.src) if self.src else (self.key,)
+
+    def record(self) -> dict[str, Any]:
+        return {"seq": self.seq, "kind": self.kind, "key": self.key, "src": self.src,
+                "digest": self.digest, "size": self.size, "meta": self.meta,
+                "created": self.created}
+
+    def describe(self) -> dict[str, Any]:
+        return {"op": self.kind, "key": self.key, "src": self.src, "size": self.size,
+                "attempts": self.attempts, "error": self.last_error,
+                "age": round(time.time() - self.created, 1)}
+
+
+class CorruptUpload(CacheFSError):
+    """The content to upload no longer matches its digest: it is dropped, never stored."""
+
+
+def pending_records(path: Path) -> list[dict[str, Any]]:
+    """The operations a journal file holds that are added and not done, oldest first; it is
+    only read (`cachefs umount` lists them for a mount whose daemon died). A torn last line
+    was never acknowledged to the writer, so it is skipped."""
+    pending: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("done") is not None:
+                pending.pop(int(rec["done"]), None)
+            elif rec.get("kind") in KINDS:
+                pending[int(rec["seq"])] = rec
+    return sorted(pending.values(), key=lambda r: r["seq"])
+
+
+class Journal:
+    """Append-only log of operations: ``add`` lines, then ``done`` lines once applied."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def load(self) -> list[dict[str, Any]]:
+        """Operations added and not done, and the journal opened for appending."""
+        records = pending_records(self.path)
+        # Rewrite compactly so the log does not grow across runs.
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            for rec in records:
+                f.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        os.chmod(self.path, 0o600)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return records
+
+    def append(self, record: dict[str, Any], durable: bool) -> None:
+        os.write(self.fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        if durable:
+            os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class WriteBack:
+    def __init__(self, store: Store, blobs: BlobTier, cache_dir: Path, *,
+                 s3: trio.CapacityLimiter, disk: trio.CapacityLimiter,
+                 cpu: trio.CapacityLimiter | None = None, stats: Stats, workers: int = 8,
+                 compress_level: int | None = None) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.journal = Journal(cache_dir / JOURNAL)
+        self.s3 = s3
+        self.disk = disk
+        self.cpu = cpu or trio.CapacityLimiter(2)
+        self.stats = stats
+        self.workers = workers
+        #: zstd level for objects written here (``--compress``), None to store them plain
+        self.compress_level = compress_level
+        self.queue: list[Op] = []
+        self.by_key: dict[str, deque[Op]] = {}
+        self._seq = 0
+        self._changed = trio.Event()
+        self._running = 0
+        #: called on the trio thread when an operation is in the store
+        self.on_complete: Callable[[Op], None] = lambda op: None
+        self._journal_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def start(self) -> list[Op]:
+        """Load what a previous run left in the journal (blocking, before the mount answers)."""
+        ops = []
+        for rec in self.journal.load():
+            op = Op(seq=rec["seq"], kind=rec["kind"], key=rec["key"], src=rec.get("src"),
+                    digest=rec.get("digest"), size=rec.get("size", 0),
+                    meta=dict(rec.get("meta") or {}), created=rec.get("created", time.time()),
+                    replayed=True)
+            if op.digest and not self.blobs.has(op.digest):
+                log.error("journal: content of %s (%s) is missing from the blob tier; this "
+                          "upload cannot be finished", op.key, op.digest[:16])
+                self.journal.append({"done": op.seq}, durable=True)
+                continue
+            self._enqueue(op)
+            ops.append(op)
+            self._seq = max(self._seq, op.seq)
+        if ops:
+            log.info("resuming %d pending store operation(s) from the journal", len(ops))
+        return ops
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def start_stream(self, key: str, meta: dict[str, str], fd: int) -> StreamUpload | None:
+        """A multipart upload to feed while a file is written (None before ``run``)."""
+        if self._nursery is None:
+            return None
+        return StreamUpload(self.store, key, meta, fd, part_size=PART_SIZE,
+                            in_flight=PARTS_IN_FLIGHT, s3=self.s3, disk=self.disk,
+                            nursery=self._nursery, stats=self.stats)
+
+    def abort_stream(self, stream: StreamUpload) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(stream.abort)
+
+    async def submit(self, kind: str, key: str, *, src: str | None = None,
+                     digest: str | None = None, size: int = 0,
+                     meta: dict[str, str] | None = None, stream: Any = None) -> Op:
+        """Journal an operation (durably) and queue it. Returns at once."""
+        self._seq += 1
+        op = Op(self._seq, kind, key, src=src, digest=digest, size=size, meta=dict(meta or {}),
+                stream=stream)
+        if kind in ("put", "delete"):
+            self._supersede(key)
+        async with self._journal_lock:
+            await trio.to_thread.run_sync(self.journal.append, op.record(), True,
+                                          limiter=self.disk)
+        self._enqueue(op)
+        self.stats.count(f"writeback_{kind}")
+        return op
+
+    async def wait(self, op: Op, attempts: int = WAIT_ATTEMPTS) -> None:
+        """Wait until ``op`` is in the store; raise its error after ``attempts`` failures.
+
+        The operation stays queued after such a failure and is retried in the background.
+        """
+        while not op.done.is_set():
+            if op.attempts >= attempts and op.last_error:
+                raise CacheFSError(f"{op.kind} {op.key}: {op.last_error}")
+            await op.progress.wait()
+
+    def _enqueue(self, op: Op) -> None:
+        if op.digest:
+            self.blobs.pin(op.digest)
+        self.queue.append(op)
+        for key in op.keys:
+            self.by_key.setdefault(key, deque()).append(op)
+        self._kick()
+
+    def withdraw(self, op: Op) -> bool:
+        """Take back an operation that has not started (a sync caller gave up on it)."""
+        if op.started or op.done.is_set():
+            return False
+        op.superseded = True
+        self._finish(op)
+        return True
+
+    def _supersede(self, key: str) -> None:
+        """A queued, not yet started put of ``key`` is moot once a newer put or delete comes."""
+        for op in list(self.by_key.get(key, ())):
+            if op.kind == "put" and not op.started and op.key == key:
+                op.superseded = True
+                self._finish(op)
+
+    def _kick(self) -> None:
+        event, self._changed = self._changed, trio.Event()
+        event.set()
+
+    # -- state for the core --------------------------------------------------------------------
+
+    def pending_put(self, key: str) -> Op | None:
+        """The newest pending operation that writes ``key`` (a put or a copy's target)."""
+        ops = self.by_key.get(key)
+        if ops and self.pending_kind(key) == "put":
+            return ops[-1]
+        return None
+
+    def pending_under(self, prefix: str) -> dict[str, Op | None]:
+        """Names directly below ``prefix`` that pending operations write: a file's newest put,
+        or None for a directory that a pending key lies in. After a crash these exist only in
+        the journal until they are uploaded, and a listing must still show them. (A scan of
+        the pending keys: the journal is short next to the listings that ask.)"""
+        found: dict[str, Op | None] = {}
+        for key in self.by_key:
+            if not key.startswith(prefix) or key == prefix or self.pending_kind(key) != "put":
+                continue
+            name, slash, _ = key[len(prefix):].partition("/")
+            if slash:
+                found.setdefault(name, None)
+            else:
+                found[name] = self.pending_put(key)
+        return found
+
+    def pending_kind(self, key: str) -> str | None:
+        """'put' if the newest pending operation on ``key`` writes it, 'delete' if it removes it."""
+        ops = self.by_key.get(key)
+        if not ops:
+            return None
+        last = ops[-1]
+        if last.kind == "delete" or (last.kind == "move" and last.src == key):
+            return "delete"
+        return "put"
+
+    def pending(self) -> list[Op]:
+        return list(self.queue)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        slots = trio.Semaphore(self.workers)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                op = self._next_ready()
+                if op is None:
+                    delay = self._next_retry_delay()
+                    with trio.move_on_after(delay if delay is not None else float("inf")):
+                        await self._changed.wait()
+                    continue
+                await slots.acquire()
+                op.started = True
+                self._running += 1
+                nursery.start_soon(self._work, op, slots)
+
+    def _next_ready(self) -> Op | None:
+        now = trio.current_time()
+        for op in self.queue:
+            if op.started or op.not_before > now:
+                continue
+            if all(self.by_key[k][0] is op for k in op.keys):
+                return op
+        return None
+
+    def _next_retry_delay(self) -> float | None:
+        waiting = [op.not_before for op in self.queue if not op.started and op.not_before]
+        if not waiting:
+            return None
+        return max(0.0, min(waiting) - trio.current_time())
+
+    async def _work(self, op: Op, slots: trio.Semaphore) -> None:
+        try:
+            op.attempts += 1
+            await self._apply(op)
+        except CorruptUpload as e:
+            log.error("%s", e)
+            self.stats.error("upload_CorruptUpload")
+            op.superseded = True
+            self._finish(op)
+        except CacheFSError as e:
+            op.last_error = str(e)
+            self.stats.error("upload_" + type(e).__name__)
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - op.backoff_from - 1))
+            op.not_before = trio.current_time() + delay
+            log.warning("%s %s failed (attempt %d, retrying in %.0fs): %s", op.kind, op.key,
+                        op.attempts, delay, e)
+            op.started = False
+        except Exception as e:
+            op.last_error = f"{type(e).__name__}: {e}"
+            log.exception("%s %s failed unexpectedly", op.kind, op.key)
+            op.not_before = trio.current_time() + MAX_BACKOFF
+            op.started = False
+        else:
+            self.stats.count(f"stored_{op.kind}")
+            self._finish(op)
+        finally:
+            self._running -= 1
+            slots.release()
+            event, op.progress = op.progress, trio.Event()
+            event.set()
+            self._kick()
+
+    def _finish(self, op: Op) -> None:
+        with contextlib.suppress(ValueError):
+            self.queue.remove(op)
+        for key in op.keys:
+            ops = self.by_key.get(key)
+            if ops is not None:
+                with contextlib.suppress(ValueError):
+                    ops.remove(op)
+                if not ops:
+                    del self.by_key[key]
+        if op.digest:
+            self.blobs.unpin(op.digest)
+        if op.stream is not None and op.superseded:
+            self.abort_stream(op.stream)
+        op.stream = None
+        self.journal.append({"done": op.seq}, durable=False)
+        op.done.set()
+        op.progress.set()
+        self._kick()
+        self.on_complete(op)
+
+    async def _apply(self, op: Op) -> None:
+        if op.kind == "put":
+            op.info = await self._put(op)
+        elif op.kind == "delete":
+            await trio.to_thread.run_sync(self.store.delete, op.key, limiter=self.s3)
+        elif op.kind in ("copy", "move"):
+            assert op.src is not None
+            try:
+                op.info = await trio.to_thread.run_sync(
+                    self.store.copy, op.src, op.key, op.meta or None, limiter=self.s3)
+            except NotFound:
+                if op.kind == "copy":
+                    raise
+                # A retried move whose copy already happened and whose source is gone.
+                op.info = await trio.to_thread.run_sync(self.store.head, op.key,
+                                                        limiter=self.s3)
+            if op.kind == "move":
+                await trio.to_thread.run_sync(self.store.delete, op.src, limiter=self.s3)
+
+    async def _put(self, op: Op) -> ObjectInfo:
+        if op.digest is None:  # directory marker, or a symlink whose target is its body
+            meta = dict(op.meta)
+            body = meta.pop("cachefs-body", "").encode()
+            return await trio.to_thread.run_sync(self.store.put, op.key, body, meta,
+                                                 limiter=self.s3)
+        if op.stream is not None:
+            stream, op.stream = op.stream, None
+            try:
+                info = await stream.complete(op.size)
+                return ObjectInfo(op.key, op.size, info.etag, time.time(), stream.meta)
+            except CacheFSError as e:
+                log.info("%s: uploading it whole (%s)", op.key, e)
+        path, size, meta = self.blobs.path(op.digest), op.size, dict(op.meta)
+        if op.replayed:
+            # A blob written before a crash may be torn: never upload what does not match.
+            actual, _, _ = await trio.to_thread.run_sync(digest_path, path, limiter=self.cpu)
+            if actual != op.digest:
+                raise CorruptUpload(f"{op.key}: its content was damaged on local disk before "
+                                    "it could be uploaded (the file is lost)")
+            op.replayed = False
+        temp = None
+        if self.compress_level is not None and op.size >= COMPRESS_MIN and \
+                "cachefs-pack" not in meta:  # a pack's frames are compressed already
+            temp = self.blobs.new_temp_path("z")
+            extra, size = await trio.to_thread.run_sync(self._compress, path, temp, op.size,
+                                                        limiter=self.cpu)
+            meta.update(extra)
+            path = temp
+        progress = self.stats.begin("upload", op.key, size)
+        try:
+            if size <= MULTIPART_THRESHOLD:
+                data = await trio.to_thread.run_sync(path.read_bytes, limiter=self.disk)
+                info = await trio.to_thread.run_sync(self.store.put, op.key, data, meta,
+                                                     limiter=self.s3)
+                progress.done = size
+            else:
+                info = await self._put_multipart(op.key, path, size, meta, progress)
+        finally:
+            self.stats.end(progress)
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+        self.stats.count("bytes_to_store", size)
+        return ObjectInfo(op.key, op.size, info.etag, time.time(), meta)
+
+    def _compress(self, path: Path, temp: Path, size: int) -> tuple[dict[str, str], int]:
+        assert self.compress_level is not None
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            dest = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                return zobject.compress_file(src, size, dest, self.compress_level)
+            finally:
+                os.close(dest)
+        finally:
+            os.close(src)
+
+    async def _put_multipart(self, key: str, path: Path, size: int, meta: dict[str, str],
+                             progress: Any) -> ObjectInfo:
+        part_size = max(PART_SIZE, MIN_PART_SIZE, -(-size // MAX_PARTS))
+        upload_id = await trio.to_thread.run_sync(self.store.create_multipart, key, meta,
+                                                  limiter=self.s3)
+        etags: dict[int, str] = {}
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            slots = trio.Semaphore(PARTS_IN_FLIGHT)
+
+            async def part(number: int, offset: int) -> None:
+                async with slots:
+                    data = await trio.to_thread.run_sync(os.pread, fd, part_size, offset,
+                                                         limiter=self.disk)
+                    etags[number] = await trio.to_thread.run_sync(
+                        self.store.upload_part, key, upload_id, number, data,
+                        limiter=self.s3)
+                    progress.done += len(data)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for number, offset in enumerate(range(0, size, part_size), 1):
+                        nursery.start_soon(part, number, offset)
+            except BaseExceptionGroup as group:
+                raise unwrap_group(group) from None
+            parts = sorted(etags.items())
+            return await trio.to_thread.run_sync(self.store.complete_multipart, key,
+                                                 upload_id, parts, size, limiter=self.s3)
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(CacheFSError):
+                await trio.to_thread.run_sync(self.store.abort_multipart, key, upload_id,
+                                              limiter=self.s3)
+            raise
+        finally:
+            os.close(fd)
+
+    # -- draining ------------------------------------------------------------------------------
+
+    async def drain(self, attempts: int = WAIT_ATTEMPTS) -> list[Op]:
+        """Retry everything queued now, without waiting out its backoff (the store may be back:
+        that is why someone asked), and wait for it; returns the operations that failed
+        ``attempts`` more times."""
+        targets = list(self.queue)
+        limits = {op.seq: op.attempts + attempts for op in targets}
+        for op in targets:
+            op.not_before, op.backoff_from = 0.0, op.attempts
+        self._kick()
+        failed = []
+        for op in targets:
+            try:
+                await self.wait(op, limits[op.seq])
+            except CacheFSError:
+                failed.append(op)
+        return failed
+
+    def close(self) -> None:
+        self.journal.close()
