@@ -53,12 +53,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return OK
     pending = status.get("pending", [])
+    refused = status.get("refused", [])
     if not pending:
-        print("nothing pending: everything written is in the store")
+        print("nothing pending" + (": everything written is in the store" if not refused
+                                   else ""))
     for op in pending:
-        err = f"  (failed {op['attempts']}x: {op['error']})" if op["error"] else ""
+        err = f"  (failed {op['attempts']}x: {_errno(op)}{op['error']})" if op["error"] else ""
         print(f"{op['op']:6} {op['key']}  {human(op['size'])}  {op['age']:.0f}s{err}")
+    for op in refused:
+        print(f"refused {op['op']} {op['key']}: {_errno(op)}{op['error']} (not stored)")
     return OK
+
+
+def _errno(op: dict[str, Any]) -> str:
+    return f"{op['errno']}: " if op.get("errno") else ""
 
 
 def _print_stats(stats: dict[str, Any]) -> None:

@@ -170,7 +170,8 @@ class Daemon:
             raise ConfigError(f"compress: {e}") from None
         self.writeback = WriteBack(store, self.blobs, cache_dir, s3=self.limiters.s3,
                                    disk=self.limiters.disk, cpu=self.limiters.cpu,
-                                   stats=self.stats, compress_level=level)
+                                   stats=self.stats, compress_level=level,
+                                   timeout=config.timeout)
         self.notifier = KernelNotifier()
         self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
                             ttl=config.metadata_ttl, notifier=self.notifier,

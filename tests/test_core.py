@@ -6,12 +6,24 @@ import errno
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import trio
 
-from cachefs.errors import CacheFSError, Exists, IsADirectory, NotEmpty, ReadOnly
+from cachefs.errors import (
+    AccessDenied,
+    CacheFSError,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NotEmpty,
+    ReadOnly,
+    StoreUnavailable,
+)
 from cachefs.nodes import Kind
+from cachefs.store import ObjectInfo
 
 from .harness import running_core
 from .memstore import MemoryStore
@@ -254,3 +266,100 @@ async def test_compression_at_rest(tmp_path: Path) -> None:
         assert await core.cat("small.txt") == text[:20_000]
         assert await core.cat("tiny.txt") == b"tiny"
         assert await core.cat("foreign.txt") == b"written by another tool"
+
+
+class FlakyStore(MemoryStore):
+    """Fails chosen (request, key) pairs with a chosen error, until told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: dict[tuple[str, str], Exception] = {}
+
+    def _fail(self, what: str, key: str) -> None:
+        exc = self.failing.get((what, key))
+        if exc is not None:
+            raise type(exc)(str(exc))
+
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        self._fail("put", key)
+        return super().put(key, data, metadata)
+
+    def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        self._fail("copy", dst)
+        return super().copy(src, dst, metadata)
+
+
+async def test_refused_upload_is_dropped_reported_and_answers_its_errno(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = FlakyStore()
+    store.failing[("put", "bad.txt")] = InvalidArgument("the store says no (test)")
+    store.failing[("put", "denied.txt")] = AccessDenied("access denied (test)")
+    async with running_core(store, tmp_path / "c", timeout=2) as core:
+        with trio.fail_after(20):
+            with pytest.raises(CacheFSError) as info:
+                await core.write("bad.txt", b"x")
+            assert info.value.errno == errno.EINVAL
+            with pytest.raises(CacheFSError) as info:
+                await core.write("denied.txt", b"x")
+            assert info.value.errno == errno.EACCES
+            await core.write("good.txt", b"fine")  # nothing else is held up
+        wb = core.daemon.writeback
+        assert wb.pending() == []  # dropped: not retried forever
+        refused = core.fs.status()["refused"]
+        assert [(r["key"], r["errno"]) for r in refused] == \
+            [("bad.txt", "EINVAL"), ("denied.txt", "EACCES")]
+        assert [r["attempts"] for r in refused] == [1, 3]  # credentials may come back
+        assert core.daemon.stats.snapshot()["counters"]["refused"] == 2
+        assert store.objects["good.txt"][0] == b"fine"
+    assert "EINVAL" in caplog.text and "dropped from the journal" in caplog.text
+    # Nothing refused comes back from the journal.
+    async with running_core(store, tmp_path / "c") as core:
+        assert core.daemon.writeback.pending() == []
+
+
+async def test_failing_op_does_not_hold_unrelated_ops_and_its_waiters_wake(
+        tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.add("a.txt", b"stored")
+    store.failing[("copy", "b.txt")] = StoreUnavailable("b.txt: store is failing (test)")
+    async with running_core(store, tmp_path / "c", timeout=2) as core:
+        root = await core.node("")
+        with trio.fail_after(20):
+            await core.cat("a.txt")
+            with pytest.raises(CacheFSError) as info:
+                await core.fs.rename(root, "a.txt", root, "b.txt")
+            assert info.value.errno == errno.EIO
+            pending = core.fs.status()["pending"]
+            assert [(p["op"], p["key"], p["errno"]) for p in pending] == \
+                [("move", "b.txt", "EIO")]
+            assert "store is failing" in pending[0]["error"]
+            # Unrelated changes go through while it keeps failing.
+            await core.write("other.txt", b"1")
+            await core.fs.mkdir(root, "d", 0o755, 0, 0)
+            # An unlink of the same key waits behind the failing move: it is told, not held.
+            with pytest.raises(CacheFSError) as info:
+                await core.fs.unlink(root, "a.txt")
+            assert info.value.errno == errno.EIO
+        assert store.objects["other.txt"][0] == b"1" and "d/" in store.objects
+        store.failing.clear()
+        with trio.fail_after(20):
+            assert await core.daemon.writeback.drain() == []
+        assert store.objects["b.txt"][0] == b"stored"
+
+
+async def test_waiter_gives_up_after_the_timeout_when_nothing_moves(tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.add("a.txt", b"stored")
+    # An unexpected error is retried a minute later: the caller must not wait that long.
+    store.failing[("copy", "b.txt")] = RuntimeError("a bug (test)")
+    async with running_core(store, tmp_path / "c", timeout=2) as core:
+        root = await core.node("")
+        await core.cat("a.txt")
+        start = trio.current_time()
+        with trio.fail_after(20), pytest.raises(CacheFSError) as info:
+            await core.fs.rename(root, "a.txt", root, "b.txt")
+        assert info.value.errno == errno.EIO
+        assert trio.current_time() - start < 10
+        store.failing.clear()
+        with trio.fail_after(20):
+            assert await core.daemon.writeback.drain() == []
