@@ -20,14 +20,15 @@ from .errors import (
     NotEmpty,
     NotFound,
 )
-from .fsbuild import BUILDING, Building, PackBuildOps
+from .fsbuild import BUILDING, Building
+from .fskeys import KeyChecks
 from .manifest import manifest_key
 from .nodes import Kind, Node, now_ns
 
 log = logging.getLogger(__name__)
 
 
-class TreeOps(PackBuildOps):
+class TreeOps(KeyChecks):
     async def _absent(self, parent: Node, name: str) -> None:
         if await self.ns.lookup(parent, name) is not None:
             raise Exists(f"{parent.path()}/{name}".lstrip("/"))
@@ -48,6 +49,7 @@ class TreeOps(PackBuildOps):
     async def create(self, parent: Node, name: str, mode: int, flags: int,
                      uid: int, gid: int) -> tuple[Node, int]:
         self._check_writable(parent)
+        self.check_new_entry(parent, name, Kind.FILE)
         await self._absent(parent, name)
         node = self.table.new(Kind.FILE, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), source="local", attrs_from="local")
@@ -60,6 +62,7 @@ class TreeOps(PackBuildOps):
 
     async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         self._check_writable(parent)
+        self.check_new_entry(parent, name, Kind.DIR)
         await self._absent(parent, name)
         node = self.table.new(Kind.DIR, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), children={}, listed_at=self.ns.clock(),
@@ -81,6 +84,7 @@ class TreeOps(PackBuildOps):
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
         self._check_writable(parent)
+        self.check_new_entry(parent, name, Kind.LINK)
         await self._absent(parent, name)
         node = self.table.new(Kind.LINK, name, parent, mode=0o777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), target=target, size=len(target.encode()),
@@ -147,6 +151,7 @@ class TreeOps(PackBuildOps):
     async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
                      noreplace: bool = False) -> None:
         self._check_writable(old_parent, new_parent)
+        await self.check_rename_keys(old_parent, old_name, new_parent, new_name)
         node = await self.ns.lookup(old_parent, old_name)
         if node is None:
             raise NotFound(old_name)
