@@ -28,6 +28,7 @@ class KeyChecks(PackBuildOps):
         async def create(self, parent: Node, name: str, mode: int, flags: int,
                          uid: int, gid: int) -> tuple[Node, int]: ...
         async def flush(self, fh: int) -> None: ...
+        async def _absent(self, parent: Node, name: str) -> None: ...
 
     def _check_keys(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -45,9 +46,9 @@ class KeyChecks(PackBuildOps):
         """NameTooLong, before anything moves, if any key the rename makes would be too long:
         the new name's own, and for a directory every key below it after the move."""
         node = await self.ns.lookup(old_parent, old_name)
-        if node is None or self.building_of(node) is not None or \
-                self.building_of(new_parent) is not None:
-            return  # not found, or a rename inside a NAME.pack: the rename itself answers
+        if node is None or new_parent is node or node in new_parent.ancestors() or \
+                self.building_of(node) is not None or self.building_of(new_parent) is not None:
+            return  # not found, into itself, or inside a NAME.pack: the rename itself answers
         new_base = self.ns.dir_prefix(new_parent) + new_name
         self._check_keys(entry_keys(new_base, node.kind))
         if node.kind is not Kind.DIR:
@@ -65,6 +66,7 @@ class KeyChecks(PackBuildOps):
         """mknod(2): a regular file is created empty; FIFOs, sockets and devices have no
         object to be in a store, so they are refused (EPERM), after the name's own checks."""
         self._check_writable(parent)
+        await self._absent(parent, name)
         self.check_new_entry(parent, name, Kind.FILE)
         if not stat.S_ISREG(mode):
             raise NotPermitted(f"{name}: only regular files, directories and symlinks can be "

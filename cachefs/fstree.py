@@ -49,8 +49,8 @@ class TreeOps(KeyChecks):
     async def create(self, parent: Node, name: str, mode: int, flags: int,
                      uid: int, gid: int) -> tuple[Node, int]:
         self._check_writable(parent)
-        self.check_new_entry(parent, name, Kind.FILE)
         await self._absent(parent, name)
+        self.check_new_entry(parent, name, Kind.FILE)
         node = self.table.new(Kind.FILE, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), source="local", attrs_from="local")
         node.staging = await self._new_staging(node, copy=False)
@@ -62,8 +62,8 @@ class TreeOps(KeyChecks):
 
     async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         self._check_writable(parent)
-        self.check_new_entry(parent, name, Kind.DIR)
         await self._absent(parent, name)
+        self.check_new_entry(parent, name, Kind.DIR)
         node = self.table.new(Kind.DIR, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), children={}, listed_at=self.ns.clock(),
                               attrs_from="local")
@@ -84,8 +84,8 @@ class TreeOps(KeyChecks):
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
         self._check_writable(parent)
-        self.check_new_entry(parent, name, Kind.LINK)
         await self._absent(parent, name)
+        self.check_new_entry(parent, name, Kind.LINK)
         node = self.table.new(Kind.LINK, name, parent, mode=0o777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), target=target, size=len(target.encode()),
                               source="local", attrs_from="local")

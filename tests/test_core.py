@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -363,3 +364,35 @@ async def test_waiter_gives_up_after_the_timeout_when_nothing_moves(tmp_path: Pa
         store.failing.clear()
         with trio.fail_after(20):
             assert await core.daemon.writeback.drain() == []
+
+
+async def test_too_long_keys_are_refused_before_anything_changes(tmp_path: Path) -> None:
+    store = MemoryStore()
+    d = "/".join(["d" * 255] * 3 + ["e" * 200])  # 968 bytes: room for 55-byte names below it
+    store.add(f"{d}/kept", b"1")
+    store.add("tree/" + "t" * 50 + "/leaf", b"2")
+    store.add("small/x/leaf", b"3")
+    async with running_core(store, tmp_path / "c") as core:
+        deep, root = await core.node(d), await core.node("")
+        before = len(store.requests)
+        for attempt in (
+                core.fs.mkdir(deep, "n" * 43, 0o755, 0, 0),  # its manifest would not fit
+                core.fs.create(deep, "n" * 56, 0o644, os.O_WRONLY, 0, 0),
+                core.fs.symlink(deep, "n" * 56, "target", 0, 0),
+                core.fs.mknod(deep, "n" * 56, stat.S_IFIFO | 0o644, 0, 0),
+                core.fs.rename(deep, "kept", deep, "n" * 56),
+                # every key below a directory, as it would be after the move
+                core.fs.rename(root, "tree", deep, "m" * 10)):
+            with pytest.raises(CacheFSError) as info:
+                await attempt
+            assert info.value.errno == errno.ENAMETOOLONG
+        writes = {"put", "copy", "delete", "create_multipart"}
+        assert not [r for r in store.requests[before:] if r[0] in writes]
+        assert await core.ls(d) == ["kept"]
+        with pytest.raises(CacheFSError) as info:
+            await core.fs.mknod(deep, "fifo", stat.S_IFIFO | 0o644, 0, 0)
+        assert info.value.errno == errno.EPERM
+        await core.fs.mkdir(deep, "n" * 42, 0o755, 0, 0)  # the manifest just fits
+        await core.write(f"{d}/" + "f" * 55, b"fits")
+        await core.fs.rename(root, "small", deep, "m")
+        assert store.objects[d + "/m/x/leaf"][0] == b"3"
