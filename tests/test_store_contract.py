@@ -184,6 +184,9 @@ def test_check_key_matches_what_the_store_can_hold(store: Store) -> None:
         if isinstance(store, LocalStore | MemoryStore):  # S3 servers may be more lenient
             with pytest.raises(NameTooLong):
                 store.put(key, b"1", {})
+            with pytest.raises(NotFound):
+                store.head(key)
+            store.delete(key)  # not there: deleting it is fine
 
 
 @pytest.mark.s3

@@ -127,6 +127,13 @@ class LocalStore(Store):
         parts = key.split("/")
         return self.root.joinpath(*(p + ".d" for p in parts[:-1]), parts[-1] + ".o")
 
+    def _found_path(self, key: str) -> Path:
+        """The path of a key to read: one too long to be stored is simply not there."""
+        try:
+            return self._path(key)
+        except NameTooLong:
+            raise NotFound(f"{key[:60]}...: not found") from None
+
     def _read_header(self, f: BinaryIO, key: str) -> tuple[dict[str, object], int]:
         magic = f.read(len(MAGIC))
         if magic != MAGIC:
@@ -148,12 +155,12 @@ class LocalStore(Store):
     # -- reading -------------------------------------------------------------------------------
 
     def head(self, key: str) -> ObjectInfo:
-        return self._info(key, self._path(key))[0]
+        return self._info(key, self._found_path(key))[0]
 
     def open_read(
         self, key: str, start: int = 0, length: int | None = None, etag: str | None = None
     ) -> ReadStream:
-        path = self._path(key)
+        path = self._found_path(key)
         try:
             f = path.open("rb")
         except FileNotFoundError:
@@ -293,7 +300,10 @@ class LocalStore(Store):
                                info.metadata if metadata is None else metadata, info.size)
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        try:
+            path = self._found_path(key)
+        except NotFound:
+            return  # deleting what is not there is fine
         with _os_errors(f"deleting {key}"), contextlib.suppress(FileNotFoundError):
             path.unlink()
         # Prune directories left empty, so the prefix disappears from listings as in S3.
