@@ -457,8 +457,9 @@ class WriteBack:
 
     async def _apply(self, op: Op) -> None:
         # The core checked the key when it made the operation; one journaled by an older
-        # version, or by a mount on another store, is refused here before any request.
-        self.store.check_key(op.key)
+        # version is refused here before any request. (A key too long to exist needs no delete.)
+        if op.kind != "delete":
+            self.store.check_key(op.key)
         if op.kind == "put":
             op.info = await self._put(op)
         elif op.kind == "delete":
