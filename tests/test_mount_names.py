@@ -164,6 +164,8 @@ def test_too_long_names_are_refused_and_the_tree_stays_usable(
     tree.ok("rmdir", deep, "ok")
     assert tree.ok("ls", deep) == []
     tree.alive()
+    status = tree.mount.control("status")  # refused up front: nothing queued, nothing dropped
+    assert status["pending"] == [] and status["refused"] == []
 
 
 def test_renames_past_the_limit_are_refused_before_anything_moves(
@@ -172,6 +174,10 @@ def test_renames_past_the_limit_are_refused_before_anything_moves(
     long = name("z", size)
     tree.ok("create", [], "top")
     assert tree.refused("rename", [], "top", to_dir=deep, to_name=long) == errno.ENAMETOOLONG
+    # Nothing is left behind to hold up what comes next on the same key.
+    tree.ok("create", [], "gone")
+    assert tree.refused("rename", [], "gone", to_dir=deep, to_name=long) == errno.ENAMETOOLONG
+    tree.ok("unlink", [], "gone")
     # A directory whose deepest key would be too long after the move: nothing moves.
     tree.ok("mkdir", [], "d")
     tree.ok("mkdir", ["d"], name("y", size))
