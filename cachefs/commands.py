@@ -83,7 +83,9 @@ def _print_stats(stats: dict[str, Any]) -> None:
           f"from origin {human(counters.get('bytes_from_origin', 0))}  "
           f"to store {human(counters.get('bytes_to_store', 0))}")
     print(f"pending    {stats.get('pending_uploads', 0)} upload(s), "
-          f"{stats.get('fetches_in_flight', 0)} fetch(es) in flight")
+          f"{stats.get('fetches_in_flight', 0)} fetch(es) in flight"
+          + (f", {counters['refused']} change(s) refused by the store (cachefs status)"
+             if counters.get("refused") else ""))
     for item in stats.get("in_flight", []):
         pct = 100 * item["done"] / item["total"] if item["total"] else 100
         print(f"  {item['what']:7} {item['key']}  {pct:5.1f}% of {human(item['total'])}")
