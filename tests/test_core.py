@@ -396,3 +396,17 @@ async def test_too_long_keys_are_refused_before_anything_changes(tmp_path: Path)
         await core.write(f"{d}/" + "f" * 55, b"fits")
         await core.fs.rename(root, "small", deep, "m")
         assert store.objects[d + "/m/x/leaf"][0] == b"3"
+
+
+async def test_journaled_op_with_a_key_too_long_is_refused_without_a_request(
+        tmp_path: Path) -> None:
+    store = MemoryStore()
+    async with running_core(store, tmp_path / "c") as core:
+        wb = core.daemon.writeback
+        key = "/".join(["k" * 255] * 5) + "/"  # as an older version could have journaled it
+        op = await wb.submit("put", key, meta={})
+        with trio.fail_after(10), pytest.raises(CacheFSError) as info:
+            await wb.wait(op)
+        assert info.value.errno == errno.ENAMETOOLONG
+        assert ("put", key) not in store.requests and wb.pending() == []
+        assert [r["errno"] for r in wb.refused] == ["ENAMETOOLONG"]
