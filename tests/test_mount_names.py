@@ -77,14 +77,18 @@ class Tree:
     def run(self, op: str, dir: list[str], name: str | None = None, **extra: Any) -> Any:
         request = {"root": str(self.mount.path), "op": op, "dir": dir, "name": name, **extra}
         started = time.monotonic()
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(request)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            result = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(request)],
-                                    capture_output=True, text=True, timeout=DEADLINE)
+            stdout, stderr = child.communicate(timeout=DEADLINE)
         except subprocess.TimeoutExpired:
+            # A request the daemon has read cannot be interrupted, not even by SIGKILL: do not
+            # wait for the child; the mount's cleanup ends the daemon, and that frees it.
+            child.kill()
             pytest.fail(f"{op} in a {len(dir)}-deep dir hung for more than {DEADLINE}s\n"
                         f"{self.log()}")
-        assert result.returncode == 0, result.stderr
-        answer = json.loads(result.stdout)
+        assert child.returncode == 0, stderr
+        answer = json.loads(stdout)
         took = time.monotonic() - started
         if took > TIMEOUT:
             print(f"slow: {op} in a {len(dir)}-deep dir took {took:.0f}s "
