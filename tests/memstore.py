@@ -94,10 +94,12 @@ class MemoryStore(Store):
 
     def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         self._req("put", key)
+        self.check_key(key)  # S3 answers KeyTooLongError
         return self._store(key, data, metadata, f'"{hashlib.md5(data).hexdigest()}"')
 
     def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str:
         self._req("create_multipart", key)
+        self.check_key(key)
         upload_id = uuid.uuid4().hex
         self.uploads[upload_id] = {}
         self.upload_meta[upload_id] = dict(metadata)
@@ -123,6 +125,7 @@ class MemoryStore(Store):
 
     def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         self._req("copy", src)
+        self.check_key(dst)
         if src not in self.objects:
             raise NotFound(src)
         data, info = self.objects[src]

@@ -5,19 +5,32 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import trio
 import trio.testing
 
-from cachefs.errors import CacheFSError, Exists, IsADirectory, NotEmpty, ReadOnly
+from cachefs.errors import (
+    AccessDenied,
+    CacheFSError,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NotEmpty,
+    ReadOnly,
+    StoreUnavailable,
+)
 from cachefs.metrics import Stats
 from cachefs.nodes import InodeTable, Kind
 from cachefs.remote import manifest
 from cachefs.remote.fallback import ORIGIN, OriginFallback
 from cachefs.remote.namespace import Namespace, NullNotifier
 from cachefs.remote.origin import OriginInfo
+from cachefs.store import ObjectInfo
 from cachefs.tier.db import Database
 from cachefs.tier.listings import MetadataCache
 
@@ -345,3 +358,146 @@ async def test_sync_reports_a_fill_from_the_origin_that_stalled(tmp_path: Path) 
             await core.fs.release(fh)
     finally:
         origin.close()
+
+
+class FlakyStore(MemoryStore):
+    """Fails chosen (request, key) pairs with a chosen error, until told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: dict[tuple[str, str], Exception] = {}
+
+    def _fail(self, what: str, key: str) -> None:
+        exc = self.failing.get((what, key))
+        if exc is not None:
+            raise type(exc)(str(exc))
+
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        self._fail("put", key)
+        return super().put(key, data, metadata)
+
+    def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        self._fail("copy", dst)
+        return super().copy(src, dst, metadata)
+
+
+async def test_refused_upload_is_dropped_reported_and_answers_its_errno(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = FlakyStore()
+    store.failing[("put", "bad.txt")] = InvalidArgument("the store says no (test)")
+    store.failing[("put", "denied.txt")] = AccessDenied("access denied (test)")
+    async with running_core(store, tmp_path / "c", timeout=2) as core:
+        with trio.fail_after(20):
+            with pytest.raises(CacheFSError) as info:
+                await core.write("bad.txt", b"x")
+            assert info.value.errno == errno.EINVAL
+            with pytest.raises(CacheFSError) as info:
+                await core.write("denied.txt", b"x")
+            assert info.value.errno == errno.EACCES
+            await core.write("good.txt", b"fine")  # nothing else is held up
+        wb = core.daemon.writeback
+        assert wb.pending() == []  # dropped: not retried forever
+        refused = core.fs.status()["refused"]
+        assert [(r["key"], r["errno"]) for r in refused] == \
+            [("bad.txt", "EINVAL"), ("denied.txt", "EACCES")]
+        assert [r["attempts"] for r in refused] == [1, 3]  # credentials may come back
+        assert core.daemon.stats.snapshot()["counters"]["refused"] == 2
+        assert store.objects["good.txt"][0] == b"fine"
+    assert "EINVAL" in caplog.text and "dropped from the journal" in caplog.text
+    # Nothing refused comes back from the journal.
+    async with running_core(store, tmp_path / "c") as core:
+        assert core.daemon.writeback.pending() == []
+
+
+async def test_failing_op_does_not_hold_unrelated_ops_and_its_waiters_wake(
+        tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.add("a.txt", b"stored")
+    store.failing[("copy", "b.txt")] = StoreUnavailable("b.txt: store is failing (test)")
+    async with running_core(store, tmp_path / "c", timeout=2) as core:
+        root = await core.node("")
+        with trio.fail_after(20):
+            await core.cat("a.txt")
+            with pytest.raises(CacheFSError) as info:
+                await core.fs.rename(root, "a.txt", root, "b.txt")
+            assert info.value.errno == errno.EIO
+            pending = core.fs.status()["pending"]
+            assert [(p["op"], p["key"], p["errno"]) for p in pending] == \
+                [("move", "b.txt", "EIO")]
+            assert "store is failing" in pending[0]["error"]
+            # Unrelated changes go through while it keeps failing.
+            await core.write("other.txt", b"1")
+            await core.fs.mkdir(root, "d", 0o755, 0, 0)
+            # An unlink of the same key waits behind the failing move: it is told, not held.
+            with pytest.raises(CacheFSError) as info:
+                await core.fs.unlink(root, "a.txt")
+            assert info.value.errno == errno.EIO
+        assert store.objects["other.txt"][0] == b"1" and "d/" in store.objects
+        store.failing.clear()
+        with trio.fail_after(20):
+            assert await core.daemon.writeback.drain() == []
+        assert store.objects["b.txt"][0] == b"stored"
+
+
+async def test_waiter_gives_up_after_the_timeout_when_nothing_moves(tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.add("a.txt", b"stored")
+    # An unexpected error is retried a minute later: the caller must not wait that long.
+    store.failing[("copy", "b.txt")] = RuntimeError("a bug (test)")
+    async with running_core(store, tmp_path / "c", timeout=2) as core:
+        root = await core.node("")
+        await core.cat("a.txt")
+        start = trio.current_time()
+        with trio.fail_after(20), pytest.raises(CacheFSError) as info:
+            await core.fs.rename(root, "a.txt", root, "b.txt")
+        assert info.value.errno == errno.EIO
+        assert trio.current_time() - start < 10
+        store.failing.clear()
+        with trio.fail_after(20):
+            assert await core.daemon.writeback.drain() == []
+
+
+async def test_too_long_keys_are_refused_before_anything_changes(tmp_path: Path) -> None:
+    store = MemoryStore()
+    d = "/".join(["d" * 255] * 3 + ["e" * 200])  # 968 bytes: room for 55-byte names below it
+    store.add(f"{d}/kept", b"1")
+    store.add("tree/" + "t" * 50 + "/leaf", b"2")
+    store.add("small/x/leaf", b"3")
+    async with running_core(store, tmp_path / "c") as core:
+        deep, root = await core.node(d), await core.node("")
+        before = len(store.requests)
+        for attempt in (
+                core.fs.mkdir(deep, "n" * 43, 0o755, 0, 0),  # its manifest would not fit
+                core.fs.create(deep, "n" * 56, 0o644, os.O_WRONLY, 0, 0),
+                core.fs.symlink(deep, "n" * 56, "target", 0, 0),
+                core.fs.mknod(deep, "n" * 56, stat.S_IFIFO | 0o644, 0, 0),
+                core.fs.rename(deep, "kept", deep, "n" * 56),
+                # every key below a directory, as it would be after the move
+                core.fs.rename(root, "tree", deep, "m" * 10)):
+            with pytest.raises(CacheFSError) as info:
+                await attempt
+            assert info.value.errno == errno.ENAMETOOLONG
+        writes = {"put", "copy", "delete", "create_multipart"}
+        assert not [r for r in store.requests[before:] if r[0] in writes]
+        assert await core.ls(d) == ["kept"]
+        with pytest.raises(CacheFSError) as info:
+            await core.fs.mknod(deep, "fifo", stat.S_IFIFO | 0o644, 0, 0)
+        assert info.value.errno == errno.EPERM
+        await core.fs.mkdir(deep, "n" * 42, 0o755, 0, 0)  # the manifest just fits
+        await core.write(f"{d}/" + "f" * 55, b"fits")
+        await core.fs.rename(root, "small", deep, "m")
+        assert store.objects[d + "/m/x/leaf"][0] == b"3"
+
+
+async def test_journaled_op_with_a_key_too_long_is_refused_without_a_request(
+        tmp_path: Path) -> None:
+    store = MemoryStore()
+    async with running_core(store, tmp_path / "c") as core:
+        wb = core.daemon.writeback
+        key = "/".join(["k" * 255] * 5) + "/"  # as an older version could have journaled it
+        op = await wb.submit("put", key, meta={})
+        with trio.fail_after(10), pytest.raises(CacheFSError) as info:
+            await wb.wait(op)
+        assert info.value.errno == errno.ENAMETOOLONG
+        assert ("put", key) not in store.requests and wb.pending() == []
+        assert [r["errno"] for r in wb.refused] == ["ENAMETOOLONG"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cachefs.config import Credentials
-from cachefs.errors import AccessDenied, BucketNotFound, NotFound, ObjectChanged
+from cachefs.errors import AccessDenied, BucketNotFound, NameTooLong, NotFound, ObjectChanged
 from cachefs.store import Store
 from cachefs.store.local import LocalStore
 from cachefs.store.s3 import S3Store
@@ -145,6 +145,48 @@ def test_delete_many(store: Store) -> None:
         store.put(f"d/{i}", b"x", {})
     store.delete_many([f"d/{i}" for i in range(5)] + ["d/missing"])
     assert store.list_all("d/", None).objects == []
+
+
+def _local_key_of_path_length(store: LocalStore, total: int) -> str:
+    """A key whose object file path is ``total`` bytes long (components of 200 bytes)."""
+    parts: list[str] = []
+    used = len(os.fsencode(store.root))  # each component adds '/', itself and '.d'/'.o'
+    while total - used > 203 + 3:
+        parts.append("c" * 200)
+        used += 203
+    parts.append("e" * (total - used - 3))
+    return "/".join(parts)
+
+
+def _longest_and_too_long(store: Store) -> tuple[list[str], list[str]]:
+    if isinstance(store, LocalStore):
+        # NAME_MAX (255) per component with its 2-byte suffix, PATH_MAX (4096, with the NUL)
+        return ([_local_key_of_path_length(store, 4095), "n" * 253, "d/" + "n" * 253],
+                [_local_key_of_path_length(store, 4096), "n" * 254, "d/" + "n" * 254 + "/x"])
+    # S3: 1,024 bytes of UTF-8 (components of up to 255 bytes, as the mount makes them:
+    # SeaweedFS refuses longer ones)
+    k, e = "k" * 255, "é" * 127
+    return ([f"{k}/{k}/{k}/{k}/", f"{k}/{k}/{k}/{k[1:]}/x", f"{e}/{e}/{e}/{e}/xxxx"],
+            [f"{k}/{k}/{k}/{k}/x", f"{k}/{k}/{k}/{k}/.cachefs.dir", f"{e}/{e}/{e}/{e}/xxxxé"])
+
+
+def test_check_key_matches_what_the_store_can_hold(store: Store) -> None:
+    longest, too_long = _longest_and_too_long(store)
+    for key in longest:
+        store.check_key(key)
+        body = b"" if key.endswith("/") else b"1"  # SeaweedFS keeps markers as directories
+        store.put(key, body, {})
+        assert store.read_all(key)[1] == body
+        store.delete(key)
+    for key in too_long:
+        with pytest.raises(NameTooLong):
+            store.check_key(key)
+        if isinstance(store, LocalStore | MemoryStore):  # S3 servers may be more lenient
+            with pytest.raises(NameTooLong):
+                store.put(key, b"1", {})
+            with pytest.raises(NotFound):
+                store.head(key)
+            store.delete(key)  # not there: deleting it is fine
 
 
 @pytest.mark.s3

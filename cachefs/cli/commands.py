@@ -57,12 +57,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return OK
     pending = status.get("pending", [])
+    refused = status.get("refused", [])
     if not pending:
-        print("nothing pending: everything written is in the store")
+        print("nothing pending" + (": everything written is in the store" if not refused
+                                   else ""))
     for op in pending:
-        err = f"  (failed {op['attempts']}x: {op['error']})" if op["error"] else ""
+        err = f"  (failed {op['attempts']}x: {_errno(op)}{op['error']})" if op["error"] else ""
         print(f"{op['op']:6} {op['key']}  {human(op['size'])}  {op['age']:.0f}s{err}")
+    for op in refused:
+        print(f"refused {op['op']} {op['key']}: {_errno(op)}{op['error']} (not stored)")
     return OK
+
+
+def _errno(op: dict[str, Any]) -> str:
+    return f"{op['errno']}: " if op.get("errno") else ""
 
 
 def _print_stats(stats: dict[str, Any]) -> None:
@@ -79,7 +87,9 @@ def _print_stats(stats: dict[str, Any]) -> None:
           f"from origin {human(counters.get('bytes_from_origin', 0))}  "
           f"to store {human(counters.get('bytes_to_store', 0))}")
     print(f"pending    {stats.get('pending_uploads', 0)} upload(s), "
-          f"{stats.get('fetches_in_flight', 0)} fetch(es) in flight")
+          f"{stats.get('fetches_in_flight', 0)} fetch(es) in flight"
+          + (f", {counters['refused']} change(s) refused by the store (cachefs status)"
+             if counters.get("refused") else ""))
     for item in stats.get("in_flight", []):
         pct = 100 * item["done"] / item["total"] if item["total"] else 100
         print(f"  {item['what']:7} {item['key']}  {pct:5.1f}% of {human(item['total'])}")

@@ -408,7 +408,8 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
         await self.blobs.flush()
 
     def status(self) -> dict[str, Any]:
-        return {"pending": [op.describe() for op in self.wb.pending()]}
+        return {"pending": [op.describe() for op in self.wb.pending()],
+                "refused": list(self.wb.refused)}
 
     async def verify_blob(self, digest: str) -> bool:
         return await self.blobs.verify(digest)

@@ -22,12 +22,13 @@ from ..errors import (
 from ..nodes import Kind, Node, now_ns
 from ..pack import build as packbuild
 from ..remote.manifest import manifest_key
-from .packdir import BUILDING, Building, PackBuildOps
+from .keys import KeyChecks
+from .packdir import BUILDING, Building
 
 log = logging.getLogger(__name__)
 
 
-class TreeOps(PackBuildOps):
+class TreeOps(KeyChecks):
     async def _absent(self, parent: Node, name: str) -> None:
         if await self.ns.lookup(parent, name) is not None:
             raise Exists(f"{parent.describe()}/{name}".lstrip("/"))
@@ -56,6 +57,7 @@ class TreeOps(PackBuildOps):
         self._check_writable(parent)
         with self.ns.reserving((parent, name)):
             await self._absent(parent, name)
+            self.check_new_entry(parent, name, Kind.FILE)
             node = self.table.new(Kind.FILE, name, parent, mode=mode & 0o7777, uid=uid,
                                   gid=gid, mtime_ns=now_ns(), source="local",
                                   attrs_from="local")
@@ -73,6 +75,7 @@ class TreeOps(PackBuildOps):
 
     async def _mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         await self._absent(parent, name)
+        self.check_new_entry(parent, name, Kind.DIR)
         node = self.table.new(Kind.DIR, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), children={}, listed_at=self.ns.clock(),
                               attrs_from="local")
@@ -98,6 +101,7 @@ class TreeOps(PackBuildOps):
 
     async def _symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
         await self._absent(parent, name)
+        self.check_new_entry(parent, name, Kind.LINK)
         node = self.table.new(Kind.LINK, name, parent, mode=0o777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), target=target, size=len(target.encode()),
                               source="local", attrs_from="local")
@@ -163,6 +167,7 @@ class TreeOps(PackBuildOps):
     async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
                      noreplace: bool = False) -> None:
         self._check_writable(old_parent, new_parent)
+        await self.check_rename_keys(old_parent, old_name, new_parent, new_name)
         node = await self.ns.lookup(old_parent, old_name)
         if node is None:
             raise NotFound(old_name)

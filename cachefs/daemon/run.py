@@ -130,7 +130,8 @@ class Daemon:
             raise ConfigError(f"compress: {e}") from None
         self.writeback = WriteBack(store, self.blobs, cache_dir, s3=self.limiters.s3,
                                    disk=self.limiters.disk, cpu=self.limiters.cpu,
-                                   stats=self.stats, compress_level=level)
+                                   stats=self.stats, compress_level=level,
+                                   timeout=config.timeout)
         self.notifier = KernelNotifier()
         self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
                                         entries_for=self._manifest_entries,

@@ -275,12 +275,8 @@ class FuseOps(pyfuse3.Operations):
     @translated
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        node, fh = await self.fs.create(self.fs.node(parent_inode), name_from_fuse(name),
-                                        mode & ~ctx.umask, os.O_WRONLY, ctx.uid, ctx.gid)
-        await self.fs.flush(fh)
-        await self.fs.release(fh)
+        node = await self.fs.mknod(self.fs.node(parent_inode), name_from_fuse(name),
+                                   mode & ~ctx.umask, ctx.uid, ctx.gid)
         return self._entry(node)
 
     # -- files ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from ..errors import CacheFSError, NotFound
+from ..errors import CacheFSError, NameTooLong, NotFound
 from ..names import MANIFEST_NAME
 from ..store import ObjectInfo, Store
 from ..tier.listings import MetadataCache
@@ -197,6 +197,12 @@ class ManifestWriter:
 
         try:
             etag = await trio.to_thread.run_sync(write, limiter=self.s3)
+        except NameTooLong as e:
+            # A directory made elsewhere, too deep for its manifest: retrying cannot help. Its
+            # files keep their attributes in their own metadata.
+            log.error("the manifest of %s cannot be stored, dropped: %s", directory or "/", e)
+            await self.metadata.clear_manifest_dirty(directory, names)
+            return
         except CacheFSError as e:
             self.failures += 1
             errors.append(str(e))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,16 @@ from typing import Any
 
 import trio
 
-from ..errors import CacheFSError, NotFound, unwrap_group
+from ..errors import (
+    AccessDenied,
+    CacheFSError,
+    InvalidArgument,
+    InvalidName,
+    NameTooLong,
+    NotFound,
+    TimedOut,
+    unwrap_group,
+)
 from ..metrics import Stats
 from ..pack import zobject
 from ..store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
@@ -43,6 +53,19 @@ COMPRESS_MIN = 4096
 MAX_BACKOFF = 60.0
 #: a caller waiting on its operation (sync mode) gives up after this many failed attempts
 WAIT_ATTEMPTS = 3
+#: refused operations kept for `cachefs status`
+REFUSED_KEPT = 100
+
+#: Store answers that no retry can change: after this many attempts the operation is dropped
+#: from the journal (logged, and counted as refused). A key that is too long or a request the
+#: store calls invalid fails the same way every time; access denied gets a few attempts, as
+#: credentials may be renewed meanwhile.
+REFUSED_AFTER: dict[type[CacheFSError], int] = {
+    NameTooLong: 1,
+    InvalidName: 1,
+    InvalidArgument: 1,
+    AccessDenied: WAIT_ATTEMPTS,
+}
 
 KINDS = ("put", "delete", "copy", "move")
 #: the journal's file name in the cache dir
@@ -64,6 +87,9 @@ class Op:
     started: bool = False
     superseded: bool = False
     last_error: str = ""
+    last_errno: int = 0
+    #: why the store refused it for good (it left the queue without being stored)
+    error: CacheFSError | None = None
     not_before: float = 0.0
     #: attempts made before the last `sync`: backoff starts over from there
     backoff_from: int = 0
@@ -87,6 +113,7 @@ class Op:
     def describe(self) -> dict[str, Any]:
         return {"op": self.kind, "key": self.key, "src": self.src, "size": self.size,
                 "attempts": self.attempts, "error": self.last_error,
+                "errno": errno.errorcode.get(self.last_errno, "") if self.last_errno else "",
                 "age": round(time.time() - self.created, 1)}
 
 
@@ -149,7 +176,7 @@ class WriteBack:
     def __init__(self, store: Store, blobs: BlobTier, cache_dir: Path, *,
                  s3: trio.CapacityLimiter, disk: trio.CapacityLimiter,
                  cpu: trio.CapacityLimiter | None = None, stats: Stats, workers: int = 8,
-                 compress_level: int | None = None) -> None:
+                 compress_level: int | None = None, timeout: float = 30.0) -> None:
         self.store = store
         self.blobs = blobs
         self.journal = Journal(cache_dir / JOURNAL)
@@ -160,8 +187,12 @@ class WriteBack:
         self.workers = workers
         #: zstd level for objects written here (``--compress``), None to store them plain
         self.compress_level = compress_level
+        #: a waiter gives up once nothing it waits for has moved for this long (``--timeout``)
+        self.timeout = timeout
         self.queue: list[Op] = []
         self.by_key: dict[str, deque[Op]] = {}
+        #: operations the store refused for good, newest last (for `cachefs status`)
+        self.refused: deque[dict[str, Any]] = deque(maxlen=REFUSED_KEPT)
         self._seq = 0
         self._changed = trio.Event()
         self._running = 0
@@ -225,12 +256,49 @@ class WriteBack:
     async def wait(self, op: Op, attempts: int = WAIT_ATTEMPTS) -> None:
         """Wait until ``op`` is in the store; raise its error after ``attempts`` failures.
 
+        Also raise (EIO) once an operation ahead of it on the same key failed ``attempts``
+        times, and TimedOut once nothing it waits for has made progress for ``timeout``
+        seconds (everything ahead waits out a backoff): no store error holds a caller longer.
         The operation stays queued after such a failure and is retried in the background.
         """
+        idle_since = trio.current_time()
         while not op.done.is_set():
             if op.attempts >= attempts and op.last_error:
                 raise CacheFSError(f"{op.kind} {op.key}: {op.last_error}")
-            await op.progress.wait()
+            ahead = self._ahead(op)
+            failed = next((o for o in ahead if o.attempts >= attempts and o.last_error), None)
+            if failed is not None:
+                raise CacheFSError(f"{op.kind} {op.key}: waits for {failed.kind} {failed.key}, "
+                                   f"which keeps failing: {failed.last_error}")
+            now = trio.current_time()
+            if self._moving(op, ahead):
+                idle_since = now
+            elif now - idle_since >= self.timeout:
+                raise TimedOut(f"{op.kind} {op.key}: no progress for {self.timeout:.0f}s "
+                               f"({op.last_error or 'waiting for earlier changes'})")
+            with trio.move_on_after(max(0.0, idle_since + self.timeout - now)):
+                await op.progress.wait()
+        if op.error is not None:
+            raise type(op.error)(str(op.error))
+
+    def _ahead(self, op: Op) -> list[Op]:
+        """The queued operations that must reach the store before ``op`` can start."""
+        ahead: list[Op] = []
+        for key in op.keys:
+            for other in self.by_key.get(key, ()):
+                if other is op:
+                    break
+                ahead.append(other)
+        return ahead
+
+    def _moving(self, op: Op, ahead: list[Op]) -> bool:
+        """Is the store working towards ``op``: it or an operation ahead of it is running, or
+        it only waits for a free worker (not for a retry after a failure)."""
+        if op.started or any(o.started for o in ahead):
+            return True
+        now = trio.current_time()
+        backing_off = any(o.not_before > now for o in (op, *ahead))
+        return self._running > 0 and not backing_off
 
     def _enqueue(self, op: Op) -> None:
         if op.digest:
@@ -341,15 +409,10 @@ class WriteBack:
             op.superseded = True
             self._finish(op)
         except CacheFSError as e:
-            op.last_error = str(e)
-            self.stats.error("upload_" + type(e).__name__)
-            delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - op.backoff_from - 1))
-            op.not_before = trio.current_time() + delay
-            log.warning("%s %s failed (attempt %d, retrying in %.0fs): %s", op.kind, op.key,
-                        op.attempts, delay, e)
-            op.started = False
+            self._failed(op, e)
         except Exception as e:
             op.last_error = f"{type(e).__name__}: {e}"
+            op.last_errno = errno.EIO
             log.exception("%s %s failed unexpectedly", op.kind, op.key)
             op.not_before = trio.current_time() + MAX_BACKOFF
             op.started = False
@@ -359,9 +422,42 @@ class WriteBack:
         finally:
             self._running -= 1
             slots.release()
-            event, op.progress = op.progress, trio.Event()
-            event.set()
+            self._wake_waiters(op)
             self._kick()
+
+    def _failed(self, op: Op, e: CacheFSError) -> None:
+        """An attempt failed: retry after a backoff, or drop an operation the store refuses."""
+        op.last_error, op.last_errno = str(e), e.errno
+        self.stats.error("upload_" + type(e).__name__)
+        refuse_after = next((n for cls, n in REFUSED_AFTER.items() if isinstance(e, cls)), None)
+        if op.kind in ("copy", "move") and isinstance(e, NotFound):
+            refuse_after = WAIT_ATTEMPTS  # its source is gone: nothing ahead will bring it back
+        if refuse_after is not None and op.attempts >= refuse_after:
+            self._refuse(op, e)
+            return
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - op.backoff_from - 1))
+        op.not_before = trio.current_time() + delay
+        log.warning("%s %s failed (attempt %d, retrying in %.0fs): %s: %s", op.kind, op.key,
+                    op.attempts, delay, errno.errorcode.get(e.errno, e.errno), e)
+        op.started = False
+
+    def _refuse(self, op: Op, e: CacheFSError) -> None:
+        log.error("%s %s: the store refuses it (%s), so it is dropped from the journal and "
+                  "never stored: %s", op.kind, op.key, errno.errorcode.get(e.errno, e.errno), e)
+        self.stats.count("refused")
+        self.refused.append(op.describe())
+        op.error = e
+        self._finish(op)
+
+    def _wake_waiters(self, op: Op) -> None:
+        """An attempt of ``op`` ended: its waiters, and those of everything queued behind it,
+        look again (a failure ahead may be theirs to report)."""
+        behind = {op}
+        for key in op.keys:
+            behind.update(self.by_key.get(key, ()))
+        for other in behind:
+            event, other.progress = other.progress, trio.Event()
+            event.set()
 
     def _finish(self, op: Op) -> None:
         with contextlib.suppress(ValueError):
@@ -375,7 +471,7 @@ class WriteBack:
                     del self.by_key[key]
         if op.digest:
             self.blobs.unpin(op.digest)
-        if op.stream is not None and op.superseded:
+        if op.stream is not None and (op.superseded or op.error is not None):
             self.abort_stream(op.stream)
         op.stream = None
         self.journal.append({"done": op.seq}, durable=False)
@@ -385,6 +481,10 @@ class WriteBack:
         self.on_complete(op)
 
     async def _apply(self, op: Op) -> None:
+        # The core checked the key when it made the operation; one journaled by an older
+        # version is refused here before any request. (A key too long to exist needs no delete.)
+        if op.kind != "delete":
+            self.store.check_key(op.key)
         if op.kind == "put":
             op.info = await self._put(op)
         elif op.kind == "delete":

@@ -9,13 +9,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .base import MAX_PARTS, MIN_PART_SIZE, ListPage, ObjectInfo, ReadStream, Store
+from .base import (
+    MAX_KEY_BYTES,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    ListPage,
+    ObjectInfo,
+    ReadStream,
+    Store,
+    key_bytes,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["MAX_PARTS", "MIN_PART_SIZE", "ListPage", "ObjectInfo", "ReadStream", "Store",
-           "StoreLocation", "open_store", "parse_store_url"]
+__all__ = ["MAX_KEY_BYTES", "MAX_PARTS", "MIN_PART_SIZE", "ListPage", "ObjectInfo",
+           "ReadStream", "Store", "StoreLocation", "key_bytes", "open_store", "parse_store_url"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,10 +10,19 @@ import abc
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
+from ..errors import NameTooLong
+
 #: S3 refuses multipart parts smaller than this, except the last one.
 MIN_PART_SIZE = 5 << 20
 #: S3 allows at most this many parts in one multipart upload.
 MAX_PARTS = 10_000
+#: S3 keys are at most this many bytes of UTF-8.
+MAX_KEY_BYTES = 1024
+
+
+def key_bytes(key: str) -> bytes:
+    """A key as the bytes a store counts (names that came from FUSE are valid UTF-8)."""
+    return key.encode("utf-8", "surrogateescape")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def check(self) -> None:
         """Raise BucketNotFound / AccessDenied / StoreUnavailable if the store cannot be used."""
+
+    def check_key(self, key: str) -> None:
+        """Raise NameTooLong if ``key`` could never be stored here. No request: the core asks
+        before it creates or moves a key, so a name that cannot work is refused up front
+        instead of failing later, in the background, where no caller can be told.
+
+        The default is S3's rule, which every S3-compatible store shares.
+        """
+        size = len(key_bytes(key))
+        if size > MAX_KEY_BYTES:
+            raise NameTooLong(f"the store key would be {size} bytes, more than S3's "
+                              f"{MAX_KEY_BYTES}: {key[:60]}...")
 
     @abc.abstractmethod
     def list_page(self, prefix: str, delimiter: str | None = "/",

@@ -10,6 +10,7 @@ and renamed, so readers see the old object or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -21,12 +22,48 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import BucketNotFound, CacheFSError, NameTooLong, NotFound, ObjectChanged
-from .base import ListPage, ObjectInfo, ReadStream, Store
+from ..errors import (
+    AccessDenied,
+    BucketNotFound,
+    CacheFSError,
+    NameTooLong,
+    NoSpace,
+    NotFound,
+    ObjectChanged,
+    StoreUnavailable,
+)
+from .base import ListPage, ObjectInfo, ReadStream, Store, key_bytes
 
 MAGIC = b"CFSOBJ1\n"
 _HEADER = struct.Struct(">I")
 PAGE = 1000
+#: what the kernel allows for one path component, and for a whole path (with its NUL)
+NAME_MAX = 255
+PATH_MAX = 4096
+#: every component gets one of these two suffixes on disk (``.d`` directory, ``.o`` object)
+SUFFIX_BYTES = 2
+
+
+_OS_ERRORS: dict[int, type[CacheFSError]] = {
+    errno.ENAMETOOLONG: NameTooLong,
+    errno.EACCES: AccessDenied,
+    errno.EPERM: AccessDenied,
+    errno.EROFS: AccessDenied,
+    errno.ENOSPC: NoSpace,
+    errno.EDQUOT: NoSpace,
+}
+
+
+@contextlib.contextmanager
+def _os_errors(what: str) -> Iterator[None]:
+    """Disk errors of a write as the project's own (the store raises nothing else)."""
+    try:
+        yield
+    except CacheFSError:
+        raise
+    except OSError as e:
+        cls = _OS_ERRORS.get(e.errno or 0, StoreUnavailable)
+        raise cls(f"{what}: {e.strerror or e}") from e
 
 
 def _md5_etag(data_md5: str, parts: int = 0) -> str:
@@ -70,12 +107,32 @@ class LocalStore(Store):
 
     # -- paths ---------------------------------------------------------------------------------
 
-    def _path(self, key: str) -> Path:
+    def check_key(self, key: str) -> None:
+        """Each component, with its suffix, must fit NAME_MAX and the whole file path PATH_MAX
+        (temp files live in ``.tmp`` under short names, so the object's own path is the
+        longest one a write needs)."""
         parts = key.split("/")
         for part in parts:
-            if len(part.encode("utf-8", "surrogateescape")) > 250:
-                raise NameTooLong(f"key component too long for a local store: {part[:40]}...")
+            if len(key_bytes(part)) + SUFFIX_BYTES > NAME_MAX:
+                raise NameTooLong(f"a key component longer than {NAME_MAX - SUFFIX_BYTES} "
+                                  f"bytes cannot be kept in a local store: {part[:40]}...")
+        size = len(os.fsencode(self.root)) + len(key_bytes(key)) + 1 + \
+            SUFFIX_BYTES * len(parts)
+        if size >= PATH_MAX:
+            raise NameTooLong(f"the local store path would be {size} bytes, more than "
+                              f"PATH_MAX ({PATH_MAX - 1}): {key[:60]}...")
+
+    def _path(self, key: str) -> Path:
+        self.check_key(key)
+        parts = key.split("/")
         return self.root.joinpath(*(p + ".d" for p in parts[:-1]), parts[-1] + ".o")
+
+    def _found_path(self, key: str) -> Path:
+        """The path of a key to read: one too long to be stored is simply not there."""
+        try:
+            return self._path(key)
+        except NameTooLong:
+            raise NotFound(f"{key[:60]}...: not found") from None
 
     def _read_header(self, f: BinaryIO, key: str) -> tuple[dict[str, object], int]:
         magic = f.read(len(MAGIC))
@@ -98,12 +155,12 @@ class LocalStore(Store):
     # -- reading -------------------------------------------------------------------------------
 
     def head(self, key: str) -> ObjectInfo:
-        return self._info(key, self._path(key))[0]
+        return self._info(key, self._found_path(key))[0]
 
     def open_read(
         self, key: str, start: int = 0, length: int | None = None, etag: str | None = None
     ) -> ReadStream:
-        path = self._path(key)
+        path = self._found_path(key)
         try:
             f = path.open("rb")
         except FileNotFoundError:
@@ -167,20 +224,21 @@ class LocalStore(Store):
         path = self._path(key)
         now = time.time()
         header = json.dumps({"etag": etag, "mtime": now, "metadata": dict(metadata)}).encode()
-        self.tmp.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / uuid.uuid4().hex
-        try:
-            with tmp.open("wb") as f:
-                f.write(MAGIC + _HEADER.pack(len(header)) + header)
-                for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        with _os_errors(f"writing {key}"):
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            try:
+                with tmp.open("wb") as f:
+                    f.write(MAGIC + _HEADER.pack(len(header)) + header)
+                    for chunk in chunks:
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
         return ObjectInfo(key, size, etag, now, dict(metadata))
 
     def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
@@ -188,10 +246,12 @@ class LocalStore(Store):
         return self._write(key, iter([data]), etag, metadata, len(data))
 
     def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str:
+        self.check_key(key)  # refused now, not after every part was sent
         upload_id = uuid.uuid4().hex
         d = self.uploads / upload_id
-        d.mkdir(parents=True)
-        (d / "meta.json").write_text(json.dumps({"key": key, "metadata": dict(metadata)}))
+        with _os_errors(f"starting an upload of {key}"):
+            d.mkdir(parents=True)
+            (d / "meta.json").write_text(json.dumps({"key": key, "metadata": dict(metadata)}))
         return upload_id
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
@@ -199,8 +259,9 @@ class LocalStore(Store):
         if not d.is_dir():
             raise NotFound(f"upload {upload_id} of {key}: not found")
         tmp = d / f"{number}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, d / str(number))
+        with _os_errors(f"part {number} of {key}"):
+            tmp.write_bytes(data)
+            os.replace(tmp, d / str(number))
         return _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
 
     def complete_multipart(
@@ -239,8 +300,11 @@ class LocalStore(Store):
                                info.metadata if metadata is None else metadata, info.size)
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        with contextlib.suppress(FileNotFoundError):
+        try:
+            path = self._found_path(key)
+        except NotFound:
+            return  # deleting what is not there is fine
+        with _os_errors(f"deleting {key}"), contextlib.suppress(FileNotFoundError):
             path.unlink()
         # Prune directories left empty, so the prefix disappears from listings as in S3.
         parent = path.parent

@@ -36,6 +36,8 @@ from ..errors import (
     AccessDenied,
     BucketNotFound,
     CacheFSError,
+    InvalidArgument,
+    NameTooLong,
     NotFound,
     ObjectChanged,
     StoreUnavailable,
@@ -61,6 +63,20 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: error codes for a request that can never succeed as it is: retrying does not help
+_KEY_TOO_LONG = "KeyTooLongError"
+_INVALID = frozenset({"InvalidArgument", "InvalidObjectName", "InvalidURI", "InvalidRequest",
+                      "MetadataTooLarge", "EntityTooLarge", "InvalidDigest"})
+
+
+def _refusal(code: str, what: str, message: str) -> CacheFSError | None:
+    if code == _KEY_TOO_LONG:
+        return NameTooLong(f"{what}: the store refused the key as too long ({message})")
+    if code in _INVALID:
+        return InvalidArgument(f"{what}: the store refused the request ({code}: {message})")
+    return None
+
+
 def translate(exc: BaseException, what: str) -> CacheFSError:
     """A botocore/urllib3 exception as one of ours, with a message that says what failed."""
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -70,6 +86,9 @@ def translate(exc: BaseException, what: str) -> CacheFSError:
         message = err.get("Message") or code or f"HTTP {status}"
         if code == "NoSuchBucket":
             return BucketNotFound(f"{what}: bucket does not exist")
+        refused = _refusal(code, what, message)
+        if refused is not None:
+            return refused
         if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload") or status == 404:
             return NotFound(f"{what}: not found")
         if code == "PreconditionFailed" or status == 412:
@@ -140,6 +159,9 @@ def _lean_error(status: int, body: bytes, what: str) -> CacheFSError:
         code = body.split(b"<Code>", 1)[1].split(b"</Code>", 1)[0].decode(errors="replace")
     if code == "NoSuchBucket":
         return BucketNotFound(f"{what}: bucket does not exist")
+    refused = _refusal(code, what, f"HTTP {status}")
+    if refused is not None:
+        return refused
     if status == 404:
         return NotFound(f"{what}: not found")
     if status == 412:
