@@ -83,3 +83,23 @@ async def test_a_detached_node_has_no_key(tmp_path: Path) -> None:
     # The replaced file's bytes are nowhere: not at its old key, not at a shorter one.
     assert store.objects["d/f.txt"][0] == b"other"
     assert all(data[0] != b"written to a file then replaced" for data in store.objects.values())
+
+
+async def test_a_remount_does_not_list_the_roots_own_attributes_as_a_child(tmp_path: Path) -> None:
+    """The listing cache keeps the root's attributes as an entry named '.' beside its
+    children; a remount must not show it as a directory (a subtree listing kept it, and the
+    next flush of the listings failed on a duplicate row)."""
+    store = MemoryStore()
+    store.add("a/f.txt", b"1")
+    async with running_core(store, tmp_path / "c") as core:
+        await core.daemon.xattrs.set(core.fs.ns.root, "user.note", b"root")  # saves SELF
+        assert await core.ls("") == ["a"]
+        await core.fs.sync()
+    async with running_core(store, tmp_path / "c") as core:
+        assert await core.ls("") == ["a"]
+        assert await core.ls("a") == ["f.txt"]  # a walk: the whole tree is listed too
+        with trio.fail_after(10):
+            while core.fs.ns._flat:
+                await trio.sleep(0.01)
+        assert "." not in (core.fs.ns.root.children or {})
+        await core.fs.sync()  # flushes the listings

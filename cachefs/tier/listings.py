@@ -85,8 +85,9 @@ class MetadataCache:
                                (path,)).fetchone()
             if row is None:
                 return None
-            entries = conn.execute("SELECT name, data FROM entries WHERE dir = ?",
-                                   (path,)).fetchall()
+            # The root's own attributes are kept as its entry SELF: not a child.
+            entries = conn.execute("SELECT name, data FROM entries WHERE dir = ? AND name != ?",
+                                   (path, SELF)).fetchall()
             return row[0], row[1], entries
 
         found = await self.db.run(read)
