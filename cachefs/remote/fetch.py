@@ -41,6 +41,7 @@ from ..errors import (
 from ..metrics import Progress, Stats
 from ..pack import zobject
 from ..store import ObjectInfo, Store
+from ..store.retry import REQUEST, retry
 from ..tier.blobs import BLOCK, BlobTier, DigestBuilder
 from ..tier.integrity import EtagCheck, decode_crcs, expected_sha256
 from .origin import OriginClient, OriginInfo
@@ -56,8 +57,6 @@ MIN_PART = 1 << 20
 MAX_PART = 8 << 20
 #: Parts of one object in flight at once (every fetch also shares the store's limiter).
 PARALLEL = 8
-#: Attempts for one part or small object before the fetch fails; backoff doubles from 0.2 s.
-ATTEMPTS = 5
 #: Downloads of one object whose content fails its digest before the read fails with EIO.
 CHECK_ATTEMPTS = 3
 #: Chunk size when streaming a body to disk: memory per part in flight.
@@ -456,18 +455,10 @@ class Fetcher:
         fetch.cursor, fetch.part = 0, MIN_PART
 
     async def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        delay = 0.2
-        for attempt in range(ATTEMPTS):
-            try:
-                return await trio.to_thread.run_sync(fn, limiter=self.s3)
-            except StoreUnavailable as e:
-                if attempt == ATTEMPTS - 1:
-                    raise
-                log.info("%s: %s; retrying in %.1fs", what, e, delay)
-                self.stats.count("retries")
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+        """``fn`` (blocking) in a worker thread, retried by the request policy."""
+        return await retry(REQUEST, what,
+                           lambda: trio.to_thread.run_sync(fn, limiter=self.s3),
+                           on_retry=lambda e: self.stats.count("retries"))
 
     def _check_content(self, fetch: Fetch, info: ObjectInfo, sha: str,
                        etag_ok: bool | None) -> None:

@@ -38,6 +38,7 @@ from ..errors import (
 from ..metrics import Stats
 from ..pack import zobject
 from ..store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
+from ..store.retry import BACKGROUND
 from ..tier.blobs import BlobTier, digest_path
 from .streamup import StreamUpload
 
@@ -49,8 +50,6 @@ PART_SIZE = 8 << 20
 PARTS_IN_FLIGHT = 8
 #: smaller files are stored plain even with --compress: the index would outweigh the gain
 COMPRESS_MIN = 4096
-#: background retries back off up to this many seconds
-MAX_BACKOFF = 60.0
 #: a caller waiting on its operation (sync mode) gives up after this many failed attempts
 WAIT_ATTEMPTS = 3
 #: refused operations kept for `cachefs status`
@@ -414,7 +413,7 @@ class WriteBack:
             op.last_error = f"{type(e).__name__}: {e}"
             op.last_errno = errno.EIO
             log.exception("%s %s failed unexpectedly", op.kind, op.key)
-            op.not_before = trio.current_time() + MAX_BACKOFF
+            op.not_before = trio.current_time() + BACKGROUND.cap
             op.started = False
         else:
             self.stats.count(f"stored_{op.kind}")
@@ -435,7 +434,7 @@ class WriteBack:
         if refuse_after is not None and op.attempts >= refuse_after:
             self._refuse(op, e)
             return
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - op.backoff_from - 1))
+        delay = BACKGROUND.delay(op.attempts - op.backoff_from)
         op.not_before = trio.current_time() + delay
         log.warning("%s %s failed (attempt %d, retrying in %.0fs): %s: %s", op.kind, op.key,
                     op.attempts, delay, errno.errorcode.get(e.errno, e.errno), e)
