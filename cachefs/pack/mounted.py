@@ -24,6 +24,7 @@ from ..errors import CacheFSError, ChecksumMismatch, InvalidArgument, StoreUnava
 from ..metrics import Stats
 from ..nodes import InodeTable, Kind, Node
 from ..store import Store
+from ..store.retry import REQUEST, retry
 from ..tier.blobs import BlobReader, BlobTier, DigestBuilder
 from . import codec
 from . import tarzst as tarpack
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ATTEMPTS = 4
+#: a damaged range (bad trailer or table) is fetched again like a failed one
+PACK_REQUEST = dataclasses.replace(REQUEST, retryable=(StoreUnavailable, ChecksumMismatch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,17 +148,10 @@ class Packs:
         return data
 
     async def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        delay = 0.2
-        for attempt in range(ATTEMPTS):
-            try:
-                return await trio.to_thread.run_sync(fn, limiter=self.s3)
-            except (StoreUnavailable, ChecksumMismatch) as e:
-                if attempt == ATTEMPTS - 1:
-                    raise
-                log.info("%s: %s; retrying", what, e)
-                await trio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        """``fn`` (blocking) in a worker thread, retried by the request policy; a damaged
+        range is fetched again like a failed one."""
+        return await retry(PACK_REQUEST, what,
+                           lambda: trio.to_thread.run_sync(fn, limiter=self.s3))
 
     async def _keep(self, data: bytes, bindings: list[tuple[str, str]]) -> str:
         def place() -> tuple[str, int, array]:

@@ -3,88 +3,85 @@
 The tree is walked in the order readers walk it (sorted names, directories entered where they
 come), files are read once (large ones twice: hashed first so duplicates are stored once), frames
 are compressed on every core while the next fills, and compressed bytes stream into a parallel
-multipart upload. Memory stays at a few frames and parts whatever the tree's size.
+multipart upload (store/multipart.py). Memory stays at a few frames and parts whatever the
+tree's size.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CacheFSError, InvalidArgument
+import trio
+
+from ..errors import InvalidArgument, unwrap_group
 from ..store import MIN_PART_SIZE, ObjectInfo, Store
+from ..store.multipart import MultipartUpload
 from .format import FRAME_TARGET, PackBuilder, Toc
 
 log = logging.getLogger(__name__)
 
+#: A pack's size is not known before it is written: 16 MiB parts let one reach 160 GiB within
+#: S3's 10,000 parts.
 PART_SIZE = 16 << 20
+#: Parts wait in memory for their upload: at most this many, 64 MiB.
 PARTS_IN_FLIGHT = 4
 
 
 class MultipartSink:
-    """Bytes in order -> one object: parts uploaded in parallel as they fill."""
+    """Bytes in order (from the builder's thread) -> one object: each part that fills goes to
+    the multipart uploader (store/multipart.py); a pack smaller than one part is one PUT."""
 
-    def __init__(self, store: Store, key: str, metadata: Mapping[str, str],
+    def __init__(self, store: Store, key: str, metadata: Mapping[str, str], *,
+                 nursery: trio.Nursery, s3: trio.CapacityLimiter,
                  part_size: int = PART_SIZE) -> None:
         self.store = store
         self.key = key
         self.metadata = dict(metadata)
+        self.nursery = nursery
+        self.s3 = s3
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.buffer = bytearray()
         self.size = 0
-        self.upload_id: str | None = None
-        self.parts: dict[int, concurrent.futures.Future[str]] = {}
-        self.pool = concurrent.futures.ThreadPoolExecutor(PARTS_IN_FLIGHT)
-        self.slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
+        self.upload: MultipartUpload | None = None
+        self.parts = 0
 
     def write(self, data: bytes) -> None:
+        """Called in the builder's worker thread; waits while every part slot is taken."""
         self.buffer += data
         self.size += len(data)
         while len(self.buffer) >= self.part_size:
-            self._send(bytes(self.buffer[:self.part_size]))
+            part = bytes(self.buffer[:self.part_size])
             del self.buffer[:self.part_size]
+            trio.from_thread.run(self._send, part)
 
-    def _send(self, part: bytes) -> None:
-        if self.upload_id is None:
-            self.upload_id = self.store.create_multipart(self.key, self.metadata)
-        self.slots.acquire()  # at most PARTS_IN_FLIGHT parts in memory
-        number = len(self.parts) + 1
+    async def _send(self, part: bytes) -> None:
+        if self.upload is None:
+            self.upload = MultipartUpload(self.store, self.key, self.metadata,
+                                          nursery=self.nursery, s3=self.s3,
+                                          in_flight=PARTS_IN_FLIGHT)
+        self.parts += 1
+        await self.upload.send(self.parts, part)
 
-        def upload() -> str:
-            try:
-                assert self.upload_id is not None
-                return self.store.upload_part(self.key, self.upload_id, number, part)
-            finally:
-                self.slots.release()
+    async def finish(self) -> ObjectInfo:
+        if self.upload is None:
+            return await trio.to_thread.run_sync(self.store.put, self.key, bytes(self.buffer),
+                                                 self.metadata, limiter=self.s3)
+        if self.buffer:
+            await self._send(bytes(self.buffer))
+            self.buffer.clear()
+        return await self.upload.complete(self.size)
 
-        self.parts[number] = self.pool.submit(upload)
-
-    def finish(self) -> ObjectInfo:
-        try:
-            if self.upload_id is None:
-                return self.store.put(self.key, bytes(self.buffer), self.metadata)
-            if self.buffer:
-                self._send(bytes(self.buffer))
-                self.buffer.clear()
-            done = [(n, f.result()) for n, f in sorted(self.parts.items())]
-            return self.store.complete_multipart(self.key, self.upload_id, done, self.size)
-        finally:
-            self.pool.shutdown()
-
-    def abort(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
-        if self.upload_id is not None:
-            with contextlib.suppress(CacheFSError):
-                self.store.abort_multipart(self.key, self.upload_id)
+    async def abort(self) -> None:
+        if self.upload is not None:
+            await self.upload.abort()
 
 
 def walk(directory: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result, Path]]:
@@ -147,14 +144,29 @@ def pack_directory(root: Path, store: Store, key: str, level: int,
     for the caller to list in its directory's manifest)."""
     if not root.is_dir():
         raise InvalidArgument(f"{root} is not a directory")
+    return trio.run(_pack_directory, root, store, key, level, progress)
+
+
+async def _pack_directory(root: Path, store: Store, key: str, level: int,
+                          progress: Callable[[int], None]) -> dict[str, Any]:
     started = time.monotonic()
-    sink = MultipartSink(store, key, {"cachefs-pack": "1"})
+    # The build walks, reads and compresses in a worker thread (and its own pool of them); the
+    # parts go up from this trio thread. Nothing else uses the store meanwhile.
+    s3 = trio.CapacityLimiter(PARTS_IN_FLIGHT)
     try:
-        toc = build(root, sink.write, level, progress)
-        info = sink.finish()
-    except BaseException:
-        sink.abort()
-        raise
+        async with trio.open_nursery() as nursery:
+            sink = MultipartSink(store, key, {"cachefs-pack": "1"}, nursery=nursery, s3=s3)
+            try:
+                # abandon_on_cancel: Ctrl-C ends the command at once; the abandoned build
+                # stops at its next part, as the run it would hand it to is gone.
+                toc = await trio.to_thread.run_sync(build, root, sink.write, level, progress,
+                                                    abandon_on_cancel=True)
+                info = await sink.finish()
+            except BaseException:
+                await sink.abort()
+                raise
+    except BaseExceptionGroup as group:
+        raise unwrap_group(group) from None
     files = [e for e in toc.entries if e.kind == "f"]
     return {
         "info": info, "key": key, "etag": info.etag, "files": len(files),

@@ -11,20 +11,19 @@ reads. Readers are answered as soon as their range is present and checked:
 * otherwise bytes are released as they arrive, except the last block, which is held back until
   the whole object matched its SHA-256 / ETag: a reader never reaches end-of-file on bad data.
 
-The completed file is renamed into the blob tier under its SHA-256.
+The completed file is renamed into the blob tier under its SHA-256. This module is the engine
+(``Fetcher``: single flight per (key, ETag), the GETs, the checks); what readers share of one
+object, the ranges and their waits, is ``Fetch`` in fetchstate.py.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import hashlib
 import logging
 import os
 import zlib
 from array import array
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -35,80 +34,32 @@ from ..errors import (
     NoSpace,
     ObjectChanged,
     StoreUnavailable,
-    TimedOut,
     unwrap_group,
 )
 from ..metrics import Progress, Stats
 from ..pack import zobject
 from ..store import ObjectInfo, Store
+from ..store.retry import REQUEST, retry
 from ..tier.blobs import BLOCK, BlobTier, DigestBuilder
 from ..tier.integrity import EtagCheck, decode_crcs, expected_sha256
+from .fetchstate import MIN_PART, Fetch, RangeSet, ReadTheBlob
 from .origin import OriginClient, OriginInfo
 
 log = logging.getLogger(__name__)
+
+#: Fetch and ReadTheBlob are what the core holds of a fetch (its state lives in fetchstate.py)
+__all__ = ["SMALL", "EtagMismatch", "Fetch", "Fetcher", "RangeSet", "ReadTheBlob"]
 
 T = TypeVar("T")
 
 #: Objects up to this size are fetched in one GET and verified before they are served.
 SMALL = 1 << 20
-#: The first part is small so the first byte comes fast; parts double up to MAX_PART.
-MIN_PART = 1 << 20
-MAX_PART = 8 << 20
 #: Parts of one object in flight at once (every fetch also shares the store's limiter).
 PARALLEL = 8
-#: Attempts for one part or small object before the fetch fails; backoff doubles from 0.2 s.
-ATTEMPTS = 5
 #: Downloads of one object whose content fails its digest before the read fails with EIO.
 CHECK_ATTEMPTS = 3
 #: Chunk size when streaming a body to disk: memory per part in flight.
 CHUNK = 1 << 20
-
-
-class RangeSet:
-    """Disjoint, sorted half-open intervals."""
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-
-    def add(self, start: int, end: int) -> None:
-        if start >= end:
-            return
-        i = bisect.bisect_left(self.ends, start)
-        j = bisect.bisect_right(self.starts, end)
-        if i < j:
-            start = min(start, self.starts[i])
-            end = max(end, self.ends[j - 1])
-        self.starts[i:j] = [start]
-        self.ends[i:j] = [end]
-
-    def covers(self, start: int, end: int) -> bool:
-        if start >= end:
-            return True
-        i = bisect.bisect_right(self.starts, start) - 1
-        return i >= 0 and self.ends[i] >= end
-
-    def end_of(self, pos: int) -> int:
-        """End of the interval containing ``pos`` (or ``pos`` if none does)."""
-        i = bisect.bisect_right(self.starts, pos) - 1
-        return self.ends[i] if i >= 0 and self.ends[i] > pos else pos
-
-    def next_gap(self, pos: int, limit: int) -> tuple[int, int] | None:
-        """First uncovered interval at or after ``pos``, below ``limit``."""
-        pos = self.end_of(pos)
-        if pos >= limit:
-            return None
-        i = bisect.bisect_right(self.starts, pos)
-        end = self.starts[i] if i < len(self.starts) else limit
-        return pos, min(end, limit)
-
-    def total(self) -> int:
-        return sum(e - s for s, e in zip(self.starts, self.ends, strict=True))
-
-
-class ReadTheBlob(Exception):
-    """The fetch ended without writing its file (the content was already in the blob tier):
-    the reader must read the blob instead."""
 
 
 class EtagMismatch(ChecksumMismatch):
@@ -117,150 +68,6 @@ class EtagMismatch(ChecksumMismatch):
     def __init__(self, message: str, sha256: str) -> None:
         super().__init__(message)
         self.sha256 = sha256
-
-
-class Fetch:
-    """One object on its way into the blob tier."""
-
-    def __init__(self, key: str, etag: str, size: int) -> None:
-        self.key = key
-        self.etag = etag
-        self.size = size
-        self.info: ObjectInfo | None = None
-        self.path: Path | None = None
-        self.fd = -1
-        self.received = RangeSet()
-        self.released = RangeSet()
-        self.requested = RangeSet()
-        self.done = trio.Event()
-        self.error: CacheFSError | None = None
-        self.digest: str | None = None
-        self.cursor = 0
-        self.part = MIN_PART
-        self.unit_crcs: tuple[int, array] | None = None
-        #: multipart upload part size, when parts are downloaded whole and MD5'd in place
-        self.align = 0
-        self.range_md5: dict[tuple[int, int], bytes] = {}
-        self.expected_sha: str | None = None
-        #: finished without downloading: the blob tier already had this content
-        self.via_blob = False
-        self.verified_units: set[int] = set()
-        self.hold_tail = True
-        self._changed = trio.Event()
-        self._active_reads = 0
-        self._closed = False
-
-    # -- state changes (trio thread) ------------------------------------------------------------
-
-    def changed(self) -> None:
-        event, self._changed = self._changed, trio.Event()
-        event.set()
-
-    async def progressed(self, timeout: float) -> bool:
-        """Wait until bytes arrive or the fetch ends; False if nothing happened for
-        ``timeout`` seconds."""
-        with trio.move_on_after(timeout):
-            await self._changed.wait()
-            return True
-        return False
-
-    def release_received(self) -> None:
-        """Release what arrived, except what still needs a check."""
-        if self.unit_crcs is not None:
-            unit, _ = self.unit_crcs
-            for u in sorted(self.verified_units):
-                self.released.add(u * unit, min(self.size, (u + 1) * unit))
-        else:
-            tail = ((self.size - 1) // BLOCK) * BLOCK if self.hold_tail and self.size else self.size
-            for s, e in zip(self.received.starts, self.received.ends, strict=True):
-                self.released.add(s, min(e, tail))
-        self.changed()
-
-    def finish(self, digest: str) -> None:
-        self.digest = digest
-        self.released.add(0, self.size)
-        self.done.set()
-        self.changed()
-        self._maybe_close()
-
-    def fail(self, error: CacheFSError) -> None:
-        self.error = error
-        self.done.set()
-        self.changed()
-        self._maybe_close()
-
-    def want(self, offset: int) -> None:
-        """A reader needs ``offset``: if nothing covers it yet, fetch from there next."""
-        if not self.requested.covers(offset, offset + 1):
-            self.cursor = (offset // BLOCK) * BLOCK
-            self.part = MIN_PART
-
-    def next_range(self) -> tuple[int, int] | None:
-        gap = self.requested.next_gap(self.cursor, self.size)
-        if gap is None:
-            gap = self.requested.next_gap(0, self.size)
-            if gap is None:
-                return None
-        start, end = gap
-        end = min(end, start + self.part)
-        if self.unit_crcs is not None:
-            unit = self.unit_crcs[0]
-            end = min(gap[1], -(-end // unit) * unit)  # whole units, so each can be checked
-        if self.align:
-            end = min(end, (start // self.align + 1) * self.align)  # never across two parts
-        self.requested.add(start, end)
-        self.cursor = end
-        self.part = min(self.part * 2, max(MAX_PART, self.align))
-        return start, end
-
-    # -- readers --------------------------------------------------------------------------------
-
-    async def wait_range(self, start: int, end: int, timeout: float) -> None:
-        """Wait until [start, end) may be read; TimedOut if nothing arrives for ``timeout`` s."""
-        end = min(end, self.size)
-        while not self.released.covers(start, end):
-            if self.error is not None:
-                raise self.error
-            self.want(start)
-            with trio.move_on_after(timeout) as scope:
-                await self._changed.wait()
-            if scope.cancelled_caught:
-                raise TimedOut(f"{self.key}: no data for {timeout:g}s (store too slow or down)")
-        if self.error is not None and not self.released.covers(start, end):
-            raise self.error
-
-    async def read(self, offset: int, size: int, timeout: float,
-                   disk: trio.CapacityLimiter) -> bytes:
-        end = min(offset + size, self.size)
-        if offset >= end:
-            return b""
-        if self._closed:
-            raise CacheFSError(f"{self.key}: fetch already closed")
-        # Counted from the start: the file stays open while anyone waits to read it.
-        self._active_reads += 1
-        try:
-            await self.wait_range(offset, end, timeout)
-            if self.via_blob:
-                raise ReadTheBlob()
-            return await trio.to_thread.run_sync(os.pread, self.fd, end - offset, offset,
-                                                 limiter=disk)
-        finally:
-            self._active_reads -= 1
-            self._maybe_close()
-
-    def _maybe_close(self) -> None:
-        if self.done.is_set() and self._active_reads == 0 and not self._closed:
-            self._closed = True
-            if self.fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(self.fd)
-            if self.digest is None and self.path is not None:
-                with contextlib.suppress(OSError):
-                    self.path.unlink()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
 
 class Fetcher:
@@ -456,18 +263,10 @@ class Fetcher:
         fetch.cursor, fetch.part = 0, MIN_PART
 
     async def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        delay = 0.2
-        for attempt in range(ATTEMPTS):
-            try:
-                return await trio.to_thread.run_sync(fn, limiter=self.s3)
-            except StoreUnavailable as e:
-                if attempt == ATTEMPTS - 1:
-                    raise
-                log.info("%s: %s; retrying in %.1fs", what, e, delay)
-                self.stats.count("retries")
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+        """``fn`` (blocking) in a worker thread, retried by the request policy."""
+        return await retry(REQUEST, what,
+                           lambda: trio.to_thread.run_sync(fn, limiter=self.s3),
+                           on_retry=lambda e: self.stats.count("retries"))
 
     def _check_content(self, fetch: Fetch, info: ObjectInfo, sha: str,
                        etag_ok: bool | None) -> None:

@@ -14,6 +14,7 @@ merged with what other writers stored meanwhile.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import trio
 from ..errors import CacheFSError, NameTooLong, NotFound
 from ..names import MANIFEST_NAME
 from ..store import ObjectInfo, Store
+from ..store.retry import BACKGROUND
 from ..tier.listings import MetadataCache
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ FORMAT = "cachefs-dir"
 VERSION = 1
 #: seconds between manifest writes for a busy directory
 INTERVAL = 1.0
+#: after a failed write: the background policy, from twice the interval (2 s, 4 s, … 60 s)
+FLUSH_RETRY = dataclasses.replace(BACKGROUND, base=2 * INTERVAL)
 
 Entry = dict[str, Any]
 
@@ -134,20 +138,22 @@ class ManifestWriter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        delay = INTERVAL
+        delay, failures = INTERVAL, 0
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.sleep(delay)
             try:
                 await self.flush()
-                delay = INTERVAL
+                delay, failures = INTERVAL, 0
             except CacheFSError as e:
+                failures += 1
+                delay = FLUSH_RETRY.delay(failures)
                 log.warning("writing directory manifests failed (retry in %.0fs): %s", delay, e)
-                delay = min(delay * 2, 60.0)
             except Exception:  # never take the mount down for a manifest
+                failures += 1
+                delay = FLUSH_RETRY.delay(failures)
                 log.exception("writing directory manifests failed (retry in %.0fs)", delay)
-                delay = min(delay * 2, 60.0)
 
     async def flush(self) -> None:
         """Write every pending change now."""

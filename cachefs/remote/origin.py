@@ -13,16 +13,18 @@ import email.utils
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
-import trio
 
 from .. import __version__
 from ..errors import InvalidArgument, NotFound, StoreUnavailable
+from ..store.retry import REQUEST, retry
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 5
+T = TypeVar("T")
+
 MAX_REDIRECTS = 10
 CHUNK = 1 << 20
 
@@ -73,24 +75,18 @@ class OriginClient:
 
     async def _retrying(self, what: str, fn: Callable[[], Awaitable[httpx.Response]]) \
             -> httpx.Response:
-        delay = 0.2
-        for attempt in range(ATTEMPTS):
+        async def attempt() -> httpx.Response:
             try:
                 response = await fn()
             except httpx.TooManyRedirects:
                 raise StoreUnavailable(f"{what}: more than {MAX_REDIRECTS} redirects") from None
             except httpx.TransportError as e:
-                error = f"{type(e).__name__}: {e}"
-            else:
-                if response.status_code < 500:
-                    return response
-                error = f"HTTP {response.status_code}"
-            if attempt == ATTEMPTS - 1:
-                raise StoreUnavailable(f"{what}: {error}")
-            log.info("%s: %s; retrying in %.1fs", what, error, delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+                raise _Transient(f"{what}: {type(e).__name__}: {e}") from None
+            if response.status_code >= 500:
+                raise _Transient(f"{what}: HTTP {response.status_code}")
+            return response
+
+        return await _retry(what, attempt)
 
     async def probe(self, url: str) -> OriginInfo | None:
         """Size and validators of ``url``; None if the origin says 404/410."""
@@ -129,8 +125,9 @@ class OriginClient:
                        ) -> None:
         """Stream the whole body into ``sink(offset, data)``, resuming where it broke."""
         received = 0
-        delay = 0.2
-        for attempt in range(ATTEMPTS):
+
+        async def attempt() -> None:
+            nonlocal received
             headers = {}
             if received and info.ranges:
                 headers["Range"] = f"bytes={received}-"
@@ -150,17 +147,30 @@ class OriginClient:
                     async for chunk in response.aiter_raw(CHUNK):
                         await sink(received, chunk)
                         received += len(chunk)
-                if received == info.size:
-                    return
-                error = f"body ended at {received} of {info.size} bytes"
             except httpx.TransportError as e:
-                error = f"{type(e).__name__}: {e}"
-            if attempt == ATTEMPTS - 1:
-                raise StoreUnavailable(f"GET {info.url}: {error}")
-            log.info("GET %s: %s; %s in %.1fs", info.url, error,
-                     "resuming" if info.ranges and received else "retrying", delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                raise _Transient(f"GET {info.url}: {type(e).__name__}: {e}") from None
+            if received != info.size:
+                raise _Transient(f"GET {info.url}: body ended at {received} of {info.size} "
+                                 "bytes")
+
+        # A retry resumes with a Range request where the origin supports it.
+        await _retry(f"GET {info.url}", attempt)
+
+
+class _Transient(StoreUnavailable):
+    """A 5xx answer, a broken connection or a short body: worth another attempt."""
+
+
+#: the request policy, for the failures another attempt may cure
+ORIGIN_REQUEST = dataclasses.replace(REQUEST, retryable=(_Transient,))
+
+
+async def _retry(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt`` by the origin's policy; the last failure is a plain StoreUnavailable."""
+    try:
+        return await retry(ORIGIN_REQUEST, what, attempt)
+    except _Transient as e:
+        raise StoreUnavailable(str(e)) from None
 
 
 def _size(response: httpx.Response) -> int | None:

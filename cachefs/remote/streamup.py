@@ -5,21 +5,24 @@ waits for uploads at close (sync mode), its 8 MiB parts go into a multipart uplo
 are written; closing the file then only sends the last part and completes the upload. The upload
 stays invisible until it is completed, so a reader never sees a partial object; if the file is
 written out of order, truncated or renamed before it is closed, the upload is aborted and the
-file is uploaded whole at close as usual.
+file is uploaded whole at close as usual. The parts go through the one multipart uploader
+(store/multipart.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Mapping
 
 import trio
 
-from ..errors import CacheFSError, unwrap_group
+from ..errors import CacheFSError
 from ..metrics import Stats
 from ..store import ObjectInfo, Store
+from ..store.multipart import MultipartUpload
 
 log = logging.getLogger(__name__)
 
@@ -28,109 +31,47 @@ class StreamUpload:
     def __init__(self, store: Store, key: str, meta: Mapping[str, str], fd: int, *,
                  part_size: int, in_flight: int, s3: trio.CapacityLimiter,
                  disk: trio.CapacityLimiter, nursery: trio.Nursery, stats: Stats) -> None:
-        self.store = store
         self.key = key
         self.meta = dict(meta)
         self.fd = os.dup(fd)  # the staging file may be closed and reopened meanwhile
         self.part_size = part_size
-        self.s3 = s3
-        self.disk = disk
-        self.nursery = nursery
-        self.stats = stats
         self.next = 0  # where the next part starts
-        self.parts: dict[int, str] = {}
-        self.upload_id: str | None = None
-        self.failed = ""
-        self.closed = False
-        self._slots = trio.Semaphore(in_flight)
-        self._running = 0
-        self._idle = trio.Event()
-        self._idle.set()
-        self._created = trio.Lock()
+        self.upload = MultipartUpload(
+            store, key, self.meta, nursery=nursery, s3=s3, disk=disk, in_flight=in_flight,
+            on_sent=lambda n: stats.count("bytes_to_store", n))
 
     def feed(self, written: int) -> None:
         """The file holds bytes [0, written) in order: send every whole part in there."""
-        while not self.failed and not self.closed and self.next + self.part_size <= written:
-            self._start(len(self.parts) + self._running + 1, self.next)
-            self.next += self.part_size
+        while self.upload.ok and self.next + self.part_size <= written:
+            self._send(self.part_size)
 
-    def _start(self, number: int, offset: int) -> None:
-        self._running += 1
-        self._idle = trio.Event()
-        self.nursery.start_soon(self._part, number, offset)
-
-    async def _part(self, number: int, offset: int) -> None:
-        try:
-            async with self._slots:
-                if self.failed or self.closed:
-                    return
-                await self._create()
-                data = await trio.to_thread.run_sync(os.pread, self.fd, self.part_size, offset,
-                                                     limiter=self.disk)
-                assert self.upload_id is not None
-                etag = await trio.to_thread.run_sync(self.store.upload_part, self.key,
-                                                     self.upload_id, number, data,
-                                                     limiter=self.s3)
-                self.parts[number] = etag
-                self.stats.count("bytes_to_store", len(data))
-        except CacheFSError as e:
-            self.failed = str(e)
-            log.info("%s: early upload of part %d failed (%s); it is uploaded at close",
-                     self.key, number, e)
-        finally:
-            self._running -= 1
-            if not self._running:
-                self._idle.set()
-
-    async def _create(self) -> None:
-        async with self._created:
-            if self.upload_id is None:
-                self.upload_id = await trio.to_thread.run_sync(
-                    self.store.create_multipart, self.key, self.meta, limiter=self.s3)
+    def _send(self, length: int) -> None:
+        number = self.next // self.part_size + 1
+        self.upload.start(number, functools.partial(os.pread, self.fd, length, self.next))
+        self.next += length
 
     async def complete(self, size: int) -> ObjectInfo:
-        """Send what is left and complete; CacheFSError if the early parts failed."""
-        await self._idle.wait()
-        if self.failed or self.closed or size < self.next:
-            raise CacheFSError(self.failed or "early upload no longer matches the file")
-        self.closed = True
+        """Send what is left and complete; CacheFSError (the upload aborted) if the early
+        parts failed or no longer match the file."""
         try:
-            if self.next < size or not self.parts:
-                number = len(self.parts) + 1
-                await self._create()
-                data = await trio.to_thread.run_sync(os.pread, self.fd, size - self.next,
-                                                     self.next, limiter=self.disk)
-                assert self.upload_id is not None
-                self.parts[number] = await trio.to_thread.run_sync(
-                    self.store.upload_part, self.key, self.upload_id, number, data,
-                    limiter=self.s3)
-                self.stats.count("bytes_to_store", len(data))
-            assert self.upload_id is not None
-            info = await trio.to_thread.run_sync(
-                self.store.complete_multipart, self.key, self.upload_id,
-                sorted(self.parts.items()), size, limiter=self.s3)
-        except BaseExceptionGroup as group:
-            await self.abort()
-            raise unwrap_group(group) from None
-        except BaseException:
-            await self.abort()
+            await self.upload.wait()
+            if not self.upload.ok or size < self.next:
+                raise CacheFSError(str(self.upload.error or "")
+                                   or "early upload no longer matches the file")
+            if self.next < size or self.next == 0:
+                self._send(size - self.next)
+            return await self.upload.complete(size)
+        except CacheFSError:
             raise
-        self._close_fd()
-        return info
+        except Exception as e:  # a part could not be read: the file is uploaded whole instead
+            raise CacheFSError(f"{self.key}: early upload failed: {type(e).__name__}: "
+                               f"{e}") from e
+        finally:
+            await self.abort()
 
     async def abort(self) -> None:
         """Give up: the parts sent so far are discarded by the store."""
-        self.closed = True
-        with trio.CancelScope(shield=True):
-            await self._idle.wait()
-            if self.upload_id is not None:
-                with contextlib.suppress(CacheFSError):
-                    await trio.to_thread.run_sync(self.store.abort_multipart, self.key,
-                                                  self.upload_id, limiter=self.s3)
-                self.upload_id = None
-        self._close_fd()
-
-    def _close_fd(self) -> None:
+        await self.upload.abort()
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)

@@ -33,24 +33,21 @@ from ..errors import (
     NameTooLong,
     NotFound,
     TimedOut,
-    unwrap_group,
 )
 from ..metrics import Stats
 from ..pack import zobject
-from ..store import MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store
+from ..store import ObjectInfo, Store
+from ..store.multipart import PART_SIZE, PARTS_IN_FLIGHT, upload_file
+from ..store.retry import BACKGROUND
 from ..tier.blobs import BlobTier, digest_path
 from .streamup import StreamUpload
 
 log = logging.getLogger(__name__)
 
-#: objects larger than this are uploaded in parts, several at once
-MULTIPART_THRESHOLD = 8 << 20
-PART_SIZE = 8 << 20
-PARTS_IN_FLIGHT = 8
+#: objects larger than this are uploaded in parts, several at once (store/multipart.py)
+MULTIPART_THRESHOLD = PART_SIZE
 #: smaller files are stored plain even with --compress: the index would outweigh the gain
 COMPRESS_MIN = 4096
-#: background retries back off up to this many seconds
-MAX_BACKOFF = 60.0
 #: a caller waiting on its operation (sync mode) gives up after this many failed attempts
 WAIT_ATTEMPTS = 3
 #: refused operations kept for `cachefs status`
@@ -414,7 +411,7 @@ class WriteBack:
             op.last_error = f"{type(e).__name__}: {e}"
             op.last_errno = errno.EIO
             log.exception("%s %s failed unexpectedly", op.kind, op.key)
-            op.not_before = trio.current_time() + MAX_BACKOFF
+            op.not_before = trio.current_time() + BACKGROUND.cap
             op.started = False
         else:
             self.stats.count(f"stored_{op.kind}")
@@ -435,7 +432,7 @@ class WriteBack:
         if refuse_after is not None and op.attempts >= refuse_after:
             self._refuse(op, e)
             return
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** (op.attempts - op.backoff_from - 1))
+        delay = BACKGROUND.delay(op.attempts - op.backoff_from)
         op.not_before = trio.current_time() + delay
         log.warning("%s %s failed (attempt %d, retrying in %.0fs): %s: %s", op.kind, op.key,
                     op.attempts, delay, errno.errorcode.get(e.errno, e.errno), e)
@@ -562,37 +559,13 @@ class WriteBack:
 
     async def _put_multipart(self, key: str, path: Path, size: int, meta: dict[str, str],
                              progress: Any) -> ObjectInfo:
-        part_size = max(PART_SIZE, MIN_PART_SIZE, -(-size // MAX_PARTS))
-        upload_id = await trio.to_thread.run_sync(self.store.create_multipart, key, meta,
-                                                  limiter=self.s3)
-        etags: dict[int, str] = {}
+        def sent(n: int) -> None:
+            progress.done += n
+
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            slots = trio.Semaphore(PARTS_IN_FLIGHT)
-
-            async def part(number: int, offset: int) -> None:
-                async with slots:
-                    data = await trio.to_thread.run_sync(os.pread, fd, part_size, offset,
-                                                         limiter=self.disk)
-                    etags[number] = await trio.to_thread.run_sync(
-                        self.store.upload_part, key, upload_id, number, data,
-                        limiter=self.s3)
-                    progress.done += len(data)
-
-            try:
-                async with trio.open_nursery() as nursery:
-                    for number, offset in enumerate(range(0, size, part_size), 1):
-                        nursery.start_soon(part, number, offset)
-            except BaseExceptionGroup as group:
-                raise unwrap_group(group) from None
-            parts = sorted(etags.items())
-            return await trio.to_thread.run_sync(self.store.complete_multipart, key,
-                                                 upload_id, parts, size, limiter=self.s3)
-        except BaseException:
-            with trio.CancelScope(shield=True), contextlib.suppress(CacheFSError):
-                await trio.to_thread.run_sync(self.store.abort_multipart, key, upload_id,
-                                              limiter=self.s3)
-            raise
+            return await upload_file(self.store, key, fd, size, meta, s3=self.s3,
+                                     disk=self.disk, on_sent=sent)
         finally:
             os.close(fd)
 

@@ -43,6 +43,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from .base import ListPage, ObjectInfo, ReadStream, Store
+from .retry import LEAN
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,6 @@ class _S3ReadStream(ReadStream):
             self.body.close()
 
 
-#: lean-path attempts on 5xx and broken connections (callers retry again on top)
-LEAN_ATTEMPTS = 3
 #: PUTs up to this size take the lean path (the body is hashed for the signature)
 LEAN_PUT_MAX = 8 << 20
 
@@ -296,8 +295,8 @@ class S3Store(Store):
         credentials = signer._credentials
         if credentials is None:
             raise AccessDenied(f"{method} {key}: no S3 credentials found")
-        delay = 0.1
-        for attempt in range(LEAN_ATTEMPTS):
+        failures = 0
+        while True:
             request = botocore.awsrequest.AWSRequest(method=method, url=url,
                                                      headers=dict(headers), data=body)
             botocore.auth.S3SigV4Auth(credentials.get_frozen_credentials(), "s3",
@@ -306,7 +305,8 @@ class S3Store(Store):
                 response = self.pool.request(method, url, headers=dict(request.headers.items()),
                                              body=body or None, preload_content=False)
             except urllib3.exceptions.HTTPError as e:
-                if attempt == LEAN_ATTEMPTS - 1:
+                failures += 1
+                if LEAN.gives_up(failures):
                     raise StoreUnavailable(f"{method} {key}: {type(e).__name__}: {e}") from e
             else:
                 if response.status < 300:
@@ -314,11 +314,10 @@ class S3Store(Store):
                 data = response.read()
                 response.release_conn()
                 error = _lean_error(response.status, data, f"{method} {key}")
-                if response.status < 500 or attempt == LEAN_ATTEMPTS - 1:
+                failures += 1
+                if response.status < 500 or LEAN.gives_up(failures):
                     raise error
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            time.sleep(LEAN.delay(failures))  # a worker thread: this blocks only itself
 
     def open_read(
         self, key: str, start: int = 0, length: int | None = None, etag: str | None = None
