@@ -28,6 +28,7 @@ from ..tier.blobs import BlobReader, BlobTier, DigestBuilder
 from . import codec
 from . import tarzst as tarpack
 from .format import TRAILER, Entry, Toc, decode_toc, decode_trailer
+from .usage import UseRecorder
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ class PackFile:
 class Packs:
     def __init__(self, store: Store, blobs: BlobTier, table: InodeTable, stats: Stats, *,
                  s3: trio.CapacityLimiter, cpu: trio.CapacityLimiter,
-                 disk: trio.CapacityLimiter) -> None:
+                 disk: trio.CapacityLimiter, usage: UseRecorder | None = None) -> None:
         self.store = store
+        #: records the last use of each pack loaded (at most once a day per key)
+        self.usage = usage
         self.blobs = blobs
         self.table = table
         self.stats = stats
@@ -77,6 +80,9 @@ class Packs:
     async def load(self, ref: PackRef) -> Toc:
         """The pack's table of contents: from the blob tier, or fetched once."""
         toc_key = ref.key + ("#toc" if ref.kind == "pack" else "#tar-index")
+        if self.usage is not None and self.usage.claim(ref.key):
+            await trio.to_thread.run_sync(self.usage.write, ref.key, dict(self.usage.days),
+                                          limiter=self.s3)
         while (ref.key, ref.etag) in self._tocs:
             await self._tocs[(ref.key, ref.etag)].wait()
         digest = self.blobs.lookup(toc_key, ref.etag)
