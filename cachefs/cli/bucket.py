@@ -122,7 +122,7 @@ def cmd_du(args: argparse.Namespace) -> int:
                           "groups": [{"prefix": g, "keys": n, "bytes": b}
                                      for g, n, b in rows]}, indent=2))
     else:
-        for group, keys, size in rows:
+        for group, keys, size in rows if args.depth else ():
             print(f"{human(size):>10}  {keys:>7} keys  {group}")
         print(f"{human(total):>10}  {sum(r[1] for r in rows):>7} keys  total below "
               f"{store.url}/{prefix}")

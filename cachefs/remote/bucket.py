@@ -136,8 +136,11 @@ def du(scan: Scan, prefix: str, depth: int) -> list[tuple[str, int, int]]:
     cachefs's own objects included (they are billed too); largest first."""
     groups: dict[str, list[int]] = {}
     for info in [i.info for i in scan.items.values()] + scan.internal:
+        if not info.key.startswith(prefix):
+            continue
         parts = info.key[len(prefix):].split("/")
-        group = prefix + "/".join(parts[:depth]) + ("/" if len(parts) > depth else "")
+        group = prefix if depth == 0 else \
+            prefix + "/".join(parts[:depth]) + ("/" if len(parts) > depth else "")
         row = groups.setdefault(group, [0, 0])
         row[0] += 1
         row[1] += info.size
