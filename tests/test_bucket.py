@@ -252,7 +252,7 @@ def test_ls_du_prune_verify_a_chain_on_seaweed(seaweed: SeaweedFS, bucket: str) 
     assert doc["p/0-base"]["last_use"] is None and doc["p/0-base"]["last_write"]
 
     du = cli("du", f"s3://{bucket}", "--depth", "1", env=env, check=True)
-    assert "5 keys  p/" in du.stdout and "total below" in du.stdout
+    assert "5 objects  p/" in du.stdout and "total below" in du.stdout
 
     # the three newest stay (--keep 3); the base is least recently used but they need it
     dry = cli("prune", url, "--max-size", "0", "--keep", "3", env=env)

@@ -56,8 +56,9 @@ def _iso(t: float | None) -> str | None:
 
 
 def _ago(seconds: float) -> str:
-    days = seconds / 86400
-    return f"{days:.0f}d ago" if days >= 1 else f"{seconds / 3600:.0f}h ago"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.0f}d ago"
+    return f"{seconds / 3600:.0f}h ago" if seconds >= 3600 else f"{seconds / 60:.0f}m ago"
 
 
 def _kind(item: Any) -> str:
@@ -118,13 +119,13 @@ def cmd_du(args: argparse.Namespace) -> int:
     rows = bucket.du(found, prefix, args.depth)
     total = found.total()
     if args.json:
-        print(json.dumps({"prefix": prefix, "bytes": total, "keys": sum(r[1] for r in rows),
-                          "groups": [{"prefix": g, "keys": n, "bytes": b}
+        print(json.dumps({"prefix": prefix, "bytes": total, "objects": sum(r[1] for r in rows),
+                          "groups": [{"prefix": g, "objects": n, "bytes": b}
                                      for g, n, b in rows]}, indent=2))
     else:
         for group, keys, size in rows if args.depth else ():
-            print(f"{human(size):>10}  {keys:>7} keys  {group}")
-        print(f"{human(total):>10}  {sum(r[1] for r in rows):>7} keys  total below "
+            print(f"{human(size):>10}  {keys:>7} objects  {group}")
+        print(f"{human(total):>10}  {sum(r[1] for r in rows):>7} objects  total below "
               f"{store.url}/{prefix}")
     return OK if rows else MISS
 
