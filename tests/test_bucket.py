@@ -176,6 +176,39 @@ def test_a_pack_outside_the_prefix_keeps_its_source() -> None:
     assert plan.delete == [] and plan.kept_for == {"proj/base": "other/new"}
 
 
+def test_a_pack_written_during_the_prune_keeps_its_sources() -> None:
+    store = MemoryStore()
+    base = put_pack(store, "p/base", {"a": b"a" * 100})
+    b = put_pack(store, "p/b", {"b": b"b" * 100}, (base,))
+    now = time.time()
+    for key in ("p/base", "p/b"):
+        set_mtime(store, key, now - 30 * DAY)
+    scan = bucket.scan(store, "")
+    plan = bucket.plan(scan, "p/", bucket.Rules(older_than=DAY), now)
+    assert [i.key for i in plan.delete] == ["p/b", "p/base"]
+    put_pack(store, "p/new", {"c": b"c"}, (b,))  # a runner saves a new version meanwhile
+    assert sorted(bucket.recheck(store, scan, plan)) == ["p/b", "p/base"]
+    assert plan.delete == [] and plan.kept_for["p/b"] == "p/new"
+    bucket.execute(store, plan)
+    assert bucket.verify(store, bucket.scan(store, "")) == {}
+
+
+def test_prune_refuses_while_a_kept_pack_cannot_be_read() -> None:
+    store = MemoryStore()
+    put_pack(store, "p/base", {"a": b"a" * 100})
+    info, _ = put_pack(store, "p/broken", {"b": b"b"})
+    data = bytearray(store.objects["p/broken"][0])
+    data[-40] ^= 0xFF  # its table's digest no longer matches
+    store.objects["p/broken"] = (bytes(data), info)
+    now = time.time()
+    set_mtime(store, "p/base", now - 30 * DAY)
+    scan = bucket.scan(store, "")
+    assert scan.items["p/broken"].kind == "pack" and scan.items["p/broken"].error
+    plan = bucket.plan(scan, "p/", bucket.Rules(older_than=DAY), now)
+    assert plan.unknown == ["p/broken"]
+    assert "p/broken" in bucket.verify(store, scan)
+
+
 def test_verify_names_packs_whose_source_is_gone_or_replaced() -> None:
     store = MemoryStore()
     keys = chain(store)

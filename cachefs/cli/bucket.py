@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import parse_size
+from ..errors import AccessDenied
 from ..store import Store, open_store
 from ..store.local import LocalStore
 from .util import MISS, OK, Failure, Progress, config_flags, human, load_config
@@ -151,7 +152,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise Failure("say what to prune: --older-than AGE, --max-size SIZE and/or --keep N")
     store, prefix = open_target(args)
     # The whole bucket: a pack outside PREFIX may need frames of a pack inside it.
-    found = _scan(store, "")
+    try:
+        found = _scan(store, "")
+    except AccessDenied as e:
+        if not prefix:
+            raise
+        print(f"cachefs: cannot list the whole bucket ({e}): packs outside {prefix} that "
+              "need packs inside it are not seen", file=sys.stderr)
+        found = _scan(store, prefix)
     now = time.time()
     result = bucket.plan(found, prefix, rules, now)
     dry = args.dry_run or not args.yes
@@ -165,7 +173,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         _print_plan(store, prefix, result, rules, now, dry)
+    if result.unknown:
+        names = ", ".join(result.unknown[:5]) + (" ..." if len(result.unknown) > 5 else "")
+        message = (f"{len(result.unknown)} pack(s) cannot be read, so which packs they need is "
+                   f"unknown: {names} (see `cachefs ls`); delete or repair them first")
+        if not dry:
+            raise Failure(message + "; nothing deleted")
+        print(f"cachefs: {message}: --yes would refuse", file=sys.stderr)
     if not dry and (result.delete or result.markers):
+        for key in bucket.recheck(store, found, result):
+            print(f"cachefs: keeping {key}: {result.kept_for[key]}, written during the "
+                  "prune, needs it", file=sys.stderr)
         bar = Progress("deleting")
         try:
             bucket.execute(store, result, lambda done, total: bar.update(done, total))

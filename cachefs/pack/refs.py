@@ -12,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from ..errors import CacheFSError, InvalidArgument, NotFound, ObjectChanged
+from ..errors import CacheFSError, ChecksumMismatch, InvalidArgument, NotFound, ObjectChanged
 from ..store import ObjectInfo, Store
 from .format import MAGIC, TRAILER, Toc, decode_toc, decode_trailer
 from .tarzst import SUFFIX as TAR_SUFFIX
 
 OBJECT, PACK, TAR = "object", "pack", "tar.zst"
+#: a table of contents larger than this is a damaged trailer, not a tree (a million files make
+#: a table of about 200 MB): refused before anything is allocated for it
+MAX_TOC = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +81,9 @@ def read_toc(store: Store, info: ObjectInfo) -> Toc | None:
             raise  # a pack, of a version this cachefs does not read
         return None
     if offset + clen > info.size:
-        raise InvalidArgument(f"{info.key}: the trailer points past the end of the object")
+        raise ChecksumMismatch(f"{info.key}: the trailer points past the end of the object")
+    if ulen > MAX_TOC:
+        raise ChecksumMismatch(f"{info.key}: the trailer gives an impossible table size, {ulen}")
     return decode_toc(_range(store, info, offset, clen), ulen, sha)
 
 

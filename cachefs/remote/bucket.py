@@ -171,6 +171,8 @@ class Plan:
     #: keys in scope, least recently used first
     scope: list[Item]
     max_size: int | None = None
+    #: kept packs whose table cannot be read: which packs they need is unknown
+    unknown: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def bytes_before(self) -> int:
@@ -224,7 +226,45 @@ def plan(scan: Scan, prefix: str, rules: Rules, now: float) -> Plan:
     markers = [marker_key(k) for k in sorted(delete_keys) if scan.items[k].used is not None]
     markers += [m for m in scan.orphan_markers if m.startswith(prefix)]
     order = dependents_first(delete_keys, packs)
-    return Plan([scan.items[k] for k in order], kept_for, markers, scope, rules.max_size)
+    unknown = sorted(k for k, i in scan.items.items()
+                     if i.kind == PACK and i.pack is None and k not in delete_keys)
+    return Plan([scan.items[k] for k in order], kept_for, markers, scope, rules.max_size,
+                unknown)
+
+
+def recheck(store: Store, scan: Scan, plan: Plan) -> list[str]:
+    """Just before deleting: packs written since the scan (a runner saving a new version
+    meanwhile) that need a key the plan deletes keep that key. Takes such keys out of
+    ``plan`` and returns them. One more LIST of the bucket, and a table read per new pack."""
+    doomed = {i.key for i in plan.delete}
+    saved: list[str] = []
+    for page in store.list_pages("", None):
+        for info in page.objects:
+            old = scan.items.get(info.key)
+            if old is not None and old.info.etag == info.etag:
+                continue
+            if used_key(info.key) is not None or info.key.rpartition("/")[2] == MANIFEST_NAME:
+                continue
+            try:
+                found = inspect(store, info)
+            except (NotFound, ObjectChanged):
+                continue
+            needs = found.pack.needs if found.pack is not None else []
+            for key in needs:
+                if key in doomed:
+                    doomed.discard(key)
+                    plan.kept_for[key] = info.key
+                    saved.append(key)
+    if saved:
+        kept = set(scan.items) - doomed
+        again = needed_by(scan.packs, kept | set(saved))
+        for key in sorted(doomed & set(again)):
+            doomed.discard(key)
+            plan.kept_for[key] = again[key]
+            saved.append(key)
+        plan.delete = [i for i in plan.delete if i.key in doomed]
+        plan.markers = [m for m in plan.markers if used_key(m) not in saved]
+    return saved
 
 
 def execute(store: Store, plan: Plan,
