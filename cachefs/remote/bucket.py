@@ -73,6 +73,8 @@ class Scan:
     internal: list[ObjectInfo]
     #: markers whose key is gone
     orphan_markers: list[str]
+    #: what was listed
+    prefix: str = ""
 
     @property
     def packs(self) -> dict[str, PackInfo]:
@@ -110,7 +112,7 @@ def scan(store: Store, prefix: str, *, read_packs: bool = True,
     orphans = sorted(marker_key(k) for k in markers if k not in items)
     if read_packs:
         _inspect_all(store, items, progress)
-    return Scan(items, internal, orphans)
+    return Scan(items, internal, orphans, prefix)
 
 
 def _inspect_all(store: Store, items: dict[str, Item],
@@ -235,10 +237,11 @@ def plan(scan: Scan, prefix: str, rules: Rules, now: float) -> Plan:
 def recheck(store: Store, scan: Scan, plan: Plan) -> list[str]:
     """Just before deleting: packs written since the scan (a runner saving a new version
     meanwhile) that need a key the plan deletes keep that key. Takes such keys out of
-    ``plan`` and returns them. One more LIST of the bucket, and a table read per new pack."""
+    ``plan`` and returns them. One more LIST of what ``scan`` listed, and a table read per
+    new pack."""
     doomed = {i.key for i in plan.delete}
     saved: list[str] = []
-    for page in store.list_pages("", None):
+    for page in store.list_pages(scan.prefix, None):
         for info in page.objects:
             old = scan.items.get(info.key)
             if old is not None and old.info.etag == info.etag:
