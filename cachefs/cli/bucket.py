@@ -15,7 +15,7 @@ from ..config import parse_size
 from ..errors import AccessDenied
 from ..store import Store, open_store
 from ..store.local import LocalStore
-from .util import MISS, OK, Failure, Progress, config_flags, human, load_config
+from .util import MISS, OK, Failure, config_flags, human, load_config
 
 STORE_FLAGS = ["endpoint", "region", "key_file", "secret_file", "timeout", "connections"]
 Command = Callable[[str, Callable[[argparse.Namespace], int], str, str], argparse.ArgumentParser]
@@ -37,15 +37,34 @@ def open_target(args: argparse.Namespace) -> tuple[Store, str]:
     return store, prefix
 
 
+class Counter:
+    """``LABEL: done/total`` on one line of stderr, only when stderr is a terminal (counts of
+    objects; util.Progress shows bytes)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled:
+            of = f"/{total}" if total else ""
+            print(f"\r{self.label}: {done}{of}\033[K", end="", file=sys.stderr, flush=True)
+            self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+
+
 def _scan(store: Store, prefix: str, read_packs: bool = True) -> Any:
     from ..remote import bucket
 
-    bar = Progress(f"reading {store.url}/{prefix}")
+    counter = Counter(f"reading {store.url}/{prefix} (objects listed, then tables read)")
     try:
-        return bucket.scan(store, prefix, read_packs=read_packs,
-                           progress=lambda done, total: bar.update(done, total))
+        return bucket.scan(store, prefix, read_packs=read_packs, progress=counter)
     finally:
-        bar.close()
+        counter.close()
 
 
 def _when(t: float | None) -> str:
@@ -184,11 +203,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         for key in bucket.recheck(store, found, result):
             print(f"cachefs: keeping {key}: {result.kept_for[key]}, written during the "
                   "prune, needs it", file=sys.stderr)
-        bar = Progress("deleting")
+        counter = Counter("deleting")
         try:
-            bucket.execute(store, result, lambda done, total: bar.update(done, total))
+            bucket.execute(store, result, counter)
         finally:
-            bar.close()
+            counter.close()
         if not args.json:
             print(f"cachefs: deleted {len(result.delete)} keys ({human(result.bytes_freed)}) "
                   f"and {len(result.markers)} last-use markers")

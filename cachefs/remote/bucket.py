@@ -105,7 +105,7 @@ def scan(store: Store, prefix: str, *, read_packs: bool = True,
                 internal.append(info)
             elif not info.key.endswith("/"):  # a directory marker is no cache
                 items[info.key] = Item(info)
-        progress(0, 0)
+        progress(len(items) + len(internal), 0)  # listing: the total is not known yet
     for key, marker in markers.items():
         if key in items:
             items[key].used = marker.mtime
