@@ -15,6 +15,7 @@ import os
 import posixpath
 from array import array
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,11 +79,17 @@ class Packs:
     # -- the table of contents -----------------------------------------------------------------
 
     async def load(self, ref: PackRef) -> Toc:
-        """The pack's table of contents: from the blob tier, or fetched once."""
+        """The pack's table of contents: from the blob tier, or fetched once. The first load of
+        a pack each day also records its use (pack/usage.py), alongside, not before."""
+        if self.usage is None or not self.usage.claim(ref.key):
+            return await self._load(ref)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, self.usage.write, ref.key,
+                                       dict(self.usage.days), limiter=self.s3))
+            return await self._load(ref)
+
+    async def _load(self, ref: PackRef) -> Toc:
         toc_key = ref.key + ("#toc" if ref.kind == "pack" else "#tar-index")
-        if self.usage is not None and self.usage.claim(ref.key):
-            await trio.to_thread.run_sync(self.usage.write, ref.key, dict(self.usage.days),
-                                          limiter=self.s3)
         while (ref.key, ref.etag) in self._tocs:
             await self._tocs[(ref.key, ref.etag)].wait()
         digest = self.blobs.lookup(toc_key, ref.etag)
