@@ -75,10 +75,12 @@ def _iso(t: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
 
 
-def _ago(seconds: float) -> str:
-    if seconds >= 86400:
-        return f"{seconds / 86400:.0f}d ago"
-    return f"{seconds / 3600:.0f}h ago" if seconds >= 3600 else f"{seconds / 60:.0f}m ago"
+def _span(seconds: float) -> str:
+    """A duration as people say it: 9d, 5h, 12m, 40s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
 
 
 def _kind(item: Any) -> str:
@@ -152,7 +154,7 @@ def cmd_du(args: argparse.Namespace) -> int:
 
 def _reason(item: Any, rules: Any, now: float) -> str:
     if rules.older_than is not None and item.last_use < now - rules.older_than:
-        return f"unused for {(now - item.last_use) / 86400:.1f}d"
+        return f"unused for {_span(now - item.last_use)}"
     if rules.max_size is None and rules.older_than is None:
         return f"not among the {rules.keep} most recently used"
     return "least recently used, over --max-size"
@@ -228,7 +230,7 @@ def _print_plan(store: Store, prefix: str, result: Any, rules: Any, now: float,
           f"{human(result.bytes_before)}), least recently used first:")
     for item in sorted(result.delete, key=lambda i: (i.last_use, i.key)):
         print(f"  delete  {item.key}  {human(item.size)}  last use {_when(item.last_use)} "
-              f"({_ago(now - item.last_use)}): {_reason(item, rules, now)}")
+              f"({_span(now - item.last_use)} ago): {_reason(item, rules, now)}")
     for key, needer in result.kept_for.items():
         print(f"  keep    {key}: the kept pack {needer} reads frames from it")
     if dry:
