@@ -17,8 +17,19 @@ MAX_NAME_BYTES = 255
 #: Per-directory metadata object written by cachefs (modes, mtimes, symlinks, xattrs). Hidden.
 MANIFEST_NAME = ".cachefs.dir"
 
+#: ``KEY.cachefs-used``: an empty object whose last write is when KEY was last used (mounted or
+#: read as a pack), written at most once a day per key by each runner (docs/BUCKET.md). Next to
+#: its key, so a runner allowed to write KEY may write it, and one LIST shows both. Hidden.
+USE_SUFFIX = ".cachefs-used"
+
 #: Names the mount never shows and refuses to create.
 RESERVED_NAMES = frozenset({MANIFEST_NAME})
+
+
+def is_internal(name: str) -> bool:
+    """A name (or key) cachefs keeps for itself: a manifest or a last-use marker."""
+    base = name.rpartition("/")[2]
+    return base == MANIFEST_NAME or (base.endswith(USE_SUFFIX) and base != USE_SUFFIX)
 
 
 def component_problem(name: str) -> str | None:
@@ -55,7 +66,7 @@ def name_from_fuse(raw: bytes) -> str:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidName(f"name {raw!r} is not valid UTF-8") from None
-    if name in RESERVED_NAMES:
+    if name in RESERVED_NAMES or is_internal(name):
         raise InvalidName(f"'{name}' is reserved by cachefs")
     problem = component_problem(name)
     if problem:

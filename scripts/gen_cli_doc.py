@@ -24,7 +24,9 @@ EXIT_CODES = [
     (cli.OK, "success"),
     (cli.MISS, "not there, where a command asks whether something is there: `mount --subtree` "
                "found neither the key nor a restore key, `fetch` found a file missing at the "
-               "origin, `verify` found bad blobs and left them"),
+               "origin, `verify` found bad blobs and left them, `ls`/`du` found no keys, "
+               "`verify-store` found a broken pack, `prune` could not get below "
+               "`--max-size`"),
     (cli.FAIL, "an operational error: a bad flag or setting, the store unreachable, the mount "
                "refused; one line on stderr says why, never a traceback"),
     (cli.PENDING, "unmounted (or a dead mount cleared), but changes are still pending in the "

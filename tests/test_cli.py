@@ -16,7 +16,8 @@ from .servers import KEY_ID, SECRET, SeaweedFS
 
 
 @pytest.mark.parametrize("command", ["mount", "umount", "sync", "status", "stats", "doctor",
-                                     "key", "fetch", "pack", "warm", "verify", "clear"])
+                                     "key", "fetch", "pack", "warm", "verify", "clear",
+                                     "ls", "du", "prune", "verify-store"])
 def test_every_command_has_help_with_examples(command: str) -> None:
     result = cli(command, "--help", check=True)
     assert "examples:" in result.stdout

@@ -134,7 +134,8 @@ def test_idle_pack_dir_is_sealed_by_itself(seaweed: SeaweedFS, bucket: str,
         time.sleep(0.2)
     assert (target / "slow-writer.txt").read_text() == "first part\nsecond part\n"
     assert (target / "lib/index.js").read_text() == "module.exports = 1\n"
-    assert set(keys(seaweed, bucket)) <= {".cachefs.dir", "node.pack"}
+    # the pack, its directory's manifest, and its last-use marker (read back here)
+    assert set(keys(seaweed, bucket)) <= {".cachefs.dir", "node.pack", "node.pack.cachefs-used"}
 
 
 @pytest.mark.fuse

@@ -25,6 +25,7 @@ from typing import Any
 from .. import __version__
 from ..config import FIELDS, Config, flag_argv
 from ..errors import CacheFSError, ConfigError
+from .bucket import add_commands as add_bucket_commands
 from .commands import (
     apply_template,
     cmd_clear,
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file or directory to hash (repeatable, in order)")
     p.add_argument("--hash-length", type=int, default=16, metavar="N",
                    help="hex digits of the hash to use (default 16)")
+
+    add_bucket_commands(command)  # ls, du, prune, verify-store (cli/bucket.py)
 
     p = command("completion", cmd_completion, "print a shell completion script", """
         examples:

@@ -43,6 +43,7 @@ from ..names import component_problem
 from ..nodes import InodeTable
 from ..pack import codec
 from ..pack.mounted import Packs
+from ..pack.usage import UseRecorder
 from ..remote import subtree
 from ..remote.fallback import OriginFallback, parse_origin_options, validate_setting
 from ..remote.fetch import Fetcher
@@ -159,7 +160,8 @@ class Daemon:
                           origins=self.origins,
                           packs=Packs(store, self.blobs, self.table, self.stats,
                                       s3=self.limiters.s3, cpu=self.limiters.cpu,
-                                      disk=self.limiters.disk))
+                                      disk=self.limiters.disk,
+                                      usage=UseRecorder(store, cache_dir)))
         self.prefetcher = Prefetcher(self.ns, cached_paths=self.fs.cached_paths,
                                      start_fetch=self.fs.start_fetch, disk=self.limiters.disk,
                                      stats=self.stats)

@@ -49,6 +49,8 @@ def decompress(frame: bytes, size: int) -> bytes:
         data = _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as e:
         raise ChecksumMismatch(f"zstd frame does not decompress: {e}") from None
+    except OverflowError:  # a damaged size field, e.g. in a pack's trailer
+        raise ChecksumMismatch(f"zstd frame size {size} is impossible") from None
     if len(data) != size:
         raise ChecksumMismatch(f"zstd frame gave {len(data)} bytes, expected {size}")
     return data

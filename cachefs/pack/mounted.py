@@ -15,6 +15,7 @@ import os
 import posixpath
 from array import array
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +30,7 @@ from ..tier.blobs import BlobReader, BlobTier, DigestBuilder
 from . import codec
 from . import tarzst as tarpack
 from .format import TRAILER, Entry, Toc, decode_toc, decode_trailer
+from .usage import UseRecorder
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,10 @@ class PackFile:
 class Packs:
     def __init__(self, store: Store, blobs: BlobTier, table: InodeTable, stats: Stats, *,
                  s3: trio.CapacityLimiter, cpu: trio.CapacityLimiter,
-                 disk: trio.CapacityLimiter) -> None:
+                 disk: trio.CapacityLimiter, usage: UseRecorder | None = None) -> None:
         self.store = store
+        #: records the last use of each pack loaded (at most once a day per key)
+        self.usage = usage
         self.blobs = blobs
         self.table = table
         self.stats = stats
@@ -77,7 +81,16 @@ class Packs:
     # -- the table of contents -----------------------------------------------------------------
 
     async def load(self, ref: PackRef) -> Toc:
-        """The pack's table of contents: from the blob tier, or fetched once."""
+        """The pack's table of contents: from the blob tier, or fetched once. The first load of
+        a pack each day also records its use (pack/usage.py), alongside, not before."""
+        if self.usage is None or not self.usage.claim(ref.key):
+            return await self._load(ref)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, self.usage.write, ref.key,
+                                       dict(self.usage.days), limiter=self.s3))
+            return await self._load(ref)
+
+    async def _load(self, ref: PackRef) -> Toc:
         toc_key = ref.key + ("#toc" if ref.kind == "pack" else "#tar-index")
         while (ref.key, ref.etag) in self._tocs:
             await self._tocs[(ref.key, ref.etag)].wait()

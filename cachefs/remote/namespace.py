@@ -25,7 +25,7 @@ import trio
 
 from ..attrs import apply_manifest_entry, attrs_from_metadata
 from ..errors import CacheFSError, NotADirectory, NotFound, StoreUnavailable
-from ..names import MANIFEST_NAME, component_problem
+from ..names import MANIFEST_NAME, component_problem, is_internal
 from ..nodes import InodeTable, Kind, Node
 from ..store import ListPage, ObjectInfo, Store
 from ..tier.listings import MetadataCache
@@ -441,7 +441,7 @@ class Namespace:
         found: dict[str, ObjectInfo | None] = {}  # None: a sub-directory
         for item in page.objects:
             rel = item.key[len(prefix):]
-            if rel in ("", MANIFEST_NAME):
+            if rel == "" or is_internal(rel):
                 continue
             if self._usable(item.key, rel):
                 found[rel] = item

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from ..errors import CacheFSError, InvalidArgument, NotFound
-from ..names import MANIFEST_NAME
+from ..names import is_internal
 from ..store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _candidates(store: Store, prefix: str, start: str) -> list[str]:
     found: dict[str, float] = {}
     for page in store.list_pages(prefix + start, "/"):
         for obj in page.objects:
-            if not obj.key.endswith("/" + MANIFEST_NAME) and obj.key != prefix + MANIFEST_NAME:
+            if not is_internal(obj.key):
                 found[obj.key] = obj.mtime
         for sub in page.prefixes:
             below = store.list_page(sub, None)[0].objects
