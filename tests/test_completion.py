@@ -63,9 +63,12 @@ zpty -w z '(( $#m )) && print -r -- "HIT:${(j: :)m}"; builtin compadd "$@"; }'
 zpty -w z 'print RE""ADY'
 zpty -r z out '*READY*'
 zpty -w -n z "$1"$'\t'
+# Wait for the completion to offer something before typing on: zsh drops a completion that
+# finds keys already waiting (a busy machine is slow to complete).
+zpty -r z first '*HIT:*'$'\n'
 zpty -w -n z $'\x15''print DO""NE'$'\n'
 zpty -r z out '*DONE*'
-print -r -- "$out"
+print -r -- "$first$out"
 zpty -d z
 """
 
