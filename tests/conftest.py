@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cachefs.daemon.control import read_control
 
 from .servers import Moto, S3Server, SeaweedFS
 
@@ -131,11 +132,7 @@ class Mount:
         return result
 
     def control(self, name: str) -> Any:
-        text = os.getxattr(self.path, "user.cachefs." + name).decode()
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return read_control(self.path, name)
 
     def log(self) -> str:
         path = self.cache_dir / "cachefs.log"
