@@ -84,7 +84,6 @@ class Namespace:
         self._warned: set[str] = set()
         self._flat: dict[int, trio.Event] = {}  # subtree listings in progress, by top inode
         self._nursery: trio.Nursery | None = None
-        self.flat_listings = 0
         #: fills in a pack directory from its table of contents (set by the daemon)
         self.pack_loader: Callable[[Node], Awaitable[None]] | None = None
         #: sequence number of the last local change (see the module docstring)
@@ -298,7 +297,6 @@ class Namespace:
             if token is None:
                 last = ""
                 break
-        self.flat_listings += 1
         if not top.attached or self.dir_prefix(top) != prefix:
             return  # moved or removed meanwhile: the listing describes somewhere else
         now = self.clock()
