@@ -317,6 +317,47 @@ async def test_origin_404_is_remembered_for_the_ttl_on_the_trio_clock(
     assert len(client.asked) == 6  # the TTL ran out on the trio clock: asked again
 
 
+async def test_a_listing_is_fresh_for_the_ttl_on_the_trio_clock_and_keeps_its_age(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.add("d/a.txt", b"a")
+    db = Database(tmp_path / "index.db")
+    wall = [1_000_000.0]
+
+    def namespace() -> Namespace:
+        metadata = MetadataCache(db, wall=lambda: wall[0])
+        metadata.start()
+        return Namespace(store, "", InodeTable(), metadata, s3=trio.CapacityLimiter(1), ttl=60,
+                         notifier=NullNotifier(), pending_kind=lambda key: None)
+
+    def lists() -> int:
+        return sum(1 for what, _ in store.requests if what == "list")
+
+    ns = namespace()
+    assert set(await ns.children(ns.root)) == {"d"}
+    assert lists() == 1
+    mock_clock.jump(59)
+    wall[0] += 59
+    await ns.children(ns.root)
+    assert lists() == 1  # younger than the TTL on the trio clock: not listed again
+    mock_clock.jump(2)
+    wall[0] += 2
+    await ns.children(ns.root)
+    assert lists() == 2  # the TTL ran out
+    await ns.metadata.flush(ns.root)
+    # The next mount, whose trio clock counts from elsewhere, knows how old the kept listing is.
+    mock_clock.jump(10_000)
+    wall[0] += 30
+    again = namespace()
+    assert set(await again.children(again.root)) == {"d"}
+    assert lists() == 2  # 30 s old: served from the cache dir
+    mock_clock.jump(31)
+    wall[0] += 31
+    after = namespace()
+    await after.children(after.root)
+    assert lists() == 3  # 61 s old: listed again
+
+
 async def test_listing_keeps_directory_settings_not_yet_in_the_manifest(tmp_path: Path) -> None:
     """An origin set on a directory lives in the parent's manifest once it is written (about
     a second later). A listing meanwhile that reads an older manifest (an earlier runner's)

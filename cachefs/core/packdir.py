@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from ..errors import CacheFSError, CrossDevice
-from ..nodes import Kind, Node
+from ..nodes import NEVER, Kind, Node
 from ..pack import build as packbuild
 from ..pack.build import BuildLog, Item
 from ..remote.writeback import Op
@@ -226,7 +226,7 @@ class PackBuildOps(CoreState):
         old = node.children or {}
         node.pack, node.etag, node.size = True, op.info.etag, op.size
         node.mode = 0o555  # read-only from now on, like every pack
-        node.children, node.listed_at = None, 0.0
+        node.children, node.listed_at = None, NEVER
         for name, child in old.items():
             self.ns.notifier.entry_removed(node.ino, name, child.ino)
             self.table.detach(child)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
@@ -26,7 +25,7 @@ import trio
 from ..attrs import apply_manifest_entry, attrs_from_metadata
 from ..errors import CacheFSError, NotADirectory, NotFound, StoreUnavailable
 from ..names import MANIFEST_NAME, component_problem
-from ..nodes import InodeTable, Kind, Node
+from ..nodes import NEVER, InodeTable, Kind, Node
 from ..store import ListPage, ObjectInfo, Store
 from ..tier.listings import MetadataCache
 from . import manifest as manifest_mod
@@ -64,7 +63,7 @@ class Namespace:
                  pending_put: Callable[[str], Any] = lambda key: None,
                  pending_under: Callable[[str], dict[str, Any]] = lambda prefix: {},
                  manifest_pending: Callable[[str, str], bool] = lambda path, name: False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self.store = store
         self.prefix = prefix
         self.table = table
@@ -77,6 +76,7 @@ class Namespace:
         self.pending_put = pending_put
         #: names below a prefix that the journal writes (WriteBack.pending_under)
         self.pending_under = pending_under
+        #: TTLs read the trio clock (a MockClock in tests); the cache dir keeps wall-clock times
         self.clock = clock
         self.root = table.root
         self.offline = False
@@ -370,7 +370,7 @@ class Namespace:
                 directory.listed_at = listed_at
                 directory.manifest_etag = manifest_etag
                 if self._drop_stale_local(directory):
-                    directory.listed_at = 0.0  # list again: the store may have them by now
+                    directory.listed_at = NEVER  # list again: the store may have them by now
                 if self.fresh(directory):
                     return
         prefix = self.dir_prefix(directory)
@@ -396,7 +396,7 @@ class Namespace:
             # what is known (an empty directory at worst) and list again at the next access.
             if directory.children is None:
                 directory.children = {}
-            directory.listed_at = 0.0
+            directory.listed_at = NEVER
             return
         self.merge(directory, prefix, page, entries, since)
         directory.listed_at = self.clock()
@@ -597,13 +597,13 @@ class Namespace:
     def invalidate(self, directory: Node) -> None:
         """Force the next access to list ``directory`` again (not one that is never listed)."""
         if directory.listed_at != float("inf"):
-            directory.listed_at = 0.0
+            directory.listed_at = NEVER
 
     def invalidate_all(self) -> None:
         """Every listing is checked again at its next access (the store came back)."""
         for node in self.table.nodes.values():
             if node.kind is Kind.DIR and node.listed_at != float("inf"):
-                node.listed_at = 0.0
+                node.listed_at = NEVER
 
 
 __all__ = ["Namespace", "Notifier", "NullNotifier"]
