@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -235,9 +234,9 @@ class Daemon:
         base = parse_store_url(self.config.store).prefix.strip("/")
         full = f"{base}/{key}" if base else key
         self.last_pack = {}
-        started = time.monotonic()
+        started = trio.current_time()
         summary = await self.fs.save_as(node, full)
-        self.last_pack = {"key": full, "seconds": round(time.monotonic() - started, 2),
+        self.last_pack = {"key": full, "seconds": round(trio.current_time() - started, 2),
                           **summary}
 
     async def _warm(self, path: str) -> None:
