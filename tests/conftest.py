@@ -128,7 +128,7 @@ class Mount:
                      env=self.env)
         if expect_ok:
             assert result.returncode == 0, f"mount failed:\n{result.stderr}\n{self.log()}"
-            self.pid = int(os.getxattr(self.path, "user.cachefs.pid"))
+            self.pid = int(self.control("pid"))
         return result
 
     def control(self, name: str) -> Any:
