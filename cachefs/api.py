@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import json
 import os
 import signal
 import subprocess
@@ -33,6 +31,7 @@ from typing import Any
 
 from .cli.util import mount_entry
 from .config import flag_argv
+from .daemon.control import ControlError, read_control
 from .errors import CacheFSError
 
 StrPath = str | os.PathLike[str]
@@ -164,16 +163,9 @@ def _reason(result: subprocess.CompletedProcess[str]) -> str:
 
 def _control(path: Path, name: str) -> Any:
     try:
-        raw = os.getxattr(path, "user.cachefs." + name)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP):
-            raise MountError(f"{path} is not a cachefs mount") from None
-        raise MountError(f"{path}: {e.strerror}") from None
-    text = raw.decode()
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        return read_control(path, name)
+    except ControlError as e:
+        raise MountError(str(e)) from None
 
 
 def _stop(m: Mount, quiet: bool) -> None:

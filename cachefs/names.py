@@ -45,16 +45,6 @@ def component_problem(name: str) -> str | None:
     return None
 
 
-def split_relative(rel: str) -> tuple[list[str], str | None]:
-    """Split a key relative to the prefix into components; second item is a problem or None."""
-    parts = rel.split("/")
-    for part in parts:
-        problem = component_problem(part)
-        if problem:
-            return parts, problem
-    return parts, None
-
-
 def name_from_fuse(raw: bytes) -> str:
     """A FUSE name as a key component, or InvalidName / NameTooLong.
 
@@ -76,16 +66,3 @@ def name_from_fuse(raw: bytes) -> str:
 
 def name_to_fuse(name: str) -> bytes:
     return os.fsencode(name)
-
-
-def join_key(prefix: str, path: str) -> str:
-    """Key for a path relative to the mount root (``""`` is the root)."""
-    if not path:
-        return prefix
-    return prefix + path
-
-
-def normalize_prefix(prefix: str) -> str:
-    """``'a/b'`` -> ``'a/b/'``; ``''`` stays ``''``."""
-    prefix = prefix.strip("/")
-    return prefix + "/" if prefix else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import stat
 import time
@@ -18,6 +19,9 @@ from typing import Any
 from .errors import Detached
 
 ROOT_INO = 1
+#: ``Node.listed_at`` of a directory whose listing must be read again at its next access: older
+#: than any time on any clock (a trio MockClock starts at 0)
+NEVER = -math.inf
 
 
 class Kind(enum.IntEnum):
@@ -77,7 +81,9 @@ class Node:
     pack: Any = None
     # directories
     children: dict[str, Node] | None = None
-    listed_at: float = 0.0  # wall clock of the last listing (0: never)
+    #: trio clock of the last listing: NEVER (list at the next access) or inf (never listed:
+    #: the tree lives here). The cache dir keeps it as wall-clock time (tier/listings.py).
+    listed_at: float = NEVER
     manifest_etag: str | None = None
     # runtime only
     lookups: int = 0

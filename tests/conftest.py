@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cachefs.daemon.control import read_control
 
 from .servers import Moto, S3Server, SeaweedFS
 
@@ -127,15 +128,11 @@ class Mount:
                      env=self.env)
         if expect_ok:
             assert result.returncode == 0, f"mount failed:\n{result.stderr}\n{self.log()}"
-            self.pid = int(os.getxattr(self.path, "user.cachefs.pid"))
+            self.pid = int(self.control("pid"))
         return result
 
     def control(self, name: str) -> Any:
-        text = os.getxattr(self.path, "user.cachefs." + name).decode()
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return read_control(self.path, name)
 
     def log(self) -> str:
         path = self.cache_dir / "cachefs.log"

@@ -75,7 +75,7 @@ class Core:
 @contextlib.asynccontextmanager
 async def running_core(store: Store, cache_dir: Path, prefix: str = "",
                        **flags: Any) -> AsyncIterator[Core]:
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    await trio.Path(cache_dir).mkdir(parents=True, exist_ok=True)
     config = make_config(cache_dir, **flags)
     daemon = Daemon(config, cache_dir / "mnt", store, prefix)
     daemon.start()

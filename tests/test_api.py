@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 import cachefs
 from cachefs.api import settings_argv
+from cachefs.daemon.control import ControlError, NoSuchControl, NotACachefsMount, read_control
 
 from .conftest import wait_gone
 from .servers import SeaweedFS
@@ -37,6 +39,11 @@ def test_the_package_exports_the_api() -> None:
 def test_not_a_mount(tmp_path: Path) -> None:
     with pytest.raises(cachefs.MountError, match="is not a cachefs mount"):
         cachefs.stats(tmp_path)
+    with pytest.raises(NotACachefsMount, match="is not a cachefs mount"):
+        read_control(tmp_path, "stats")
+    with pytest.raises(ControlError, match="No such file or directory") as missing:
+        read_control(tmp_path / "gone", "pid")
+    assert type(missing.value) is ControlError and missing.value.os_errno == errno.ENOENT
 
 
 @pytest.mark.fuse
@@ -55,6 +62,9 @@ def test_mounted_writes_reads_syncs_and_cleans_up(seaweed: SeaweedFS, bucket: st
         assert body == b"written"
         stats = cachefs.stats(m.path)
         assert stats["counters"]["bytes_to_store"] >= len(b"written")
+        assert read_control(m.path, "pid") == m.pid
+        with pytest.raises(NoSuchControl, match=r"does not answer user\.cachefs\.nosuch"):
+            read_control(m.path, "nosuch")
         pid = m.pid
     assert not os.path.ismount(tmp_path / "mnt")
     assert wait_gone(pid, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -189,11 +190,11 @@ async def test_changed_object_seen_after_ttl(tmp_path: Path) -> None:
         assert await core.cat("k") == b"version 1"
         store.add("k", b"version two")
         store.add("new", b"n")
-        time.sleep(0.25)
+        await trio.sleep(0.25)
         assert await core.cat("k") == b"version two"
         assert "new" in await core.ls("")
         store.delete("new")
-        time.sleep(0.25)
+        await trio.sleep(0.25)
         assert "new" not in await core.ls("")
 
 
@@ -230,7 +231,7 @@ async def test_cached_files_readable_while_store_down(tmp_path: Path) -> None:
     async with running_core(store, tmp_path / "c", metadata_ttl=0.1, timeout=2) as core:
         assert await core.cat("d/cached") == b"here"
         store.down = True
-        time.sleep(0.15)
+        await trio.sleep(0.15)
         assert await core.cat("d/cached") == b"here"
         with pytest.raises(CacheFSError) as info:
             await core.cat("d/not-cached")
@@ -317,6 +318,62 @@ async def test_origin_404_is_remembered_for_the_ttl_on_the_trio_clock(
     assert len(client.asked) == 6  # the TTL ran out on the trio clock: asked again
 
 
+async def test_refusals_are_logged_once_a_minute_on_the_trio_clock(
+        mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    from cachefs.fuse.ops import _RateLimitedLog
+
+    refused = _RateLimitedLog()
+    with caplog.at_level(logging.INFO, logger="cachefs.fuse.ops"):
+        refused(logging.INFO, "open:ReadOnly", "open: read-only")  # at 0 on a MockClock
+        mock_clock.jump(59)
+        refused(logging.INFO, "open:ReadOnly", "open: read-only")
+        mock_clock.jump(2)
+        refused(logging.INFO, "open:ReadOnly", "open: read-only")
+    assert [r.getMessage() for r in caplog.records] == [
+        "open: read-only", "open: read-only (1 similar since)"]
+
+
+async def test_a_listing_is_fresh_for_the_ttl_on_the_trio_clock_and_keeps_its_age(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.add("d/a.txt", b"a")
+    db = Database(tmp_path / "index.db")
+    wall = [1_000_000.0]
+
+    def namespace() -> Namespace:
+        metadata = MetadataCache(db, wall=lambda: wall[0])
+        metadata.start()
+        return Namespace(store, "", InodeTable(), metadata, s3=trio.CapacityLimiter(1), ttl=60,
+                         notifier=NullNotifier(), pending_kind=lambda key: None)
+
+    def lists() -> int:
+        return sum(1 for what, _ in store.requests if what == "list")
+
+    ns = namespace()
+    assert set(await ns.children(ns.root)) == {"d"}
+    assert lists() == 1
+    mock_clock.jump(59)
+    wall[0] += 59
+    await ns.children(ns.root)
+    assert lists() == 1  # younger than the TTL on the trio clock: not listed again
+    mock_clock.jump(2)
+    wall[0] += 2
+    await ns.children(ns.root)
+    assert lists() == 2  # the TTL ran out
+    await ns.metadata.flush(ns.root)
+    # The next mount, whose trio clock counts from elsewhere, knows how old the kept listing is.
+    mock_clock.jump(10_000)
+    wall[0] += 30
+    again = namespace()
+    assert set(await again.children(again.root)) == {"d"}
+    assert lists() == 2  # 30 s old: served from the cache dir
+    mock_clock.jump(31)
+    wall[0] += 31
+    after = namespace()
+    await after.children(after.root)
+    assert lists() == 3  # 61 s old: listed again
+
+
 async def test_listing_keeps_directory_settings_not_yet_in_the_manifest(tmp_path: Path) -> None:
     """An origin set on a directory lives in the parent's manifest once it is written (about
     a second later). A listing meanwhile that reads an older manifest (an earlier runner's)
@@ -330,7 +387,9 @@ async def test_listing_keeps_directory_settings_not_yet_in_the_manifest(tmp_path
             await core.daemon.xattrs.set(dl, ORIGIN, (origin.url + "/files/").encode())
             store.add(".cachefs.dir", manifest.render(
                 {"dl": {"type": "d", "mode": 0o700, "xattrs": {"user.note": "earlier"}}}))
-            time.sleep(0.25)  # the root's listing expires, the manifest writer has not run
+            # Blocks the trio loop on purpose: the root's listing expires (the trio clock moves
+            # on) while the manifest writer, a task on that loop, cannot run.
+            time.sleep(0.25)  # noqa: ASYNC251
             assert "dl" in await core.ls("")
             assert dl.xattrs == {ORIGIN: origin.url + "/files/"}
             assert dl.mode == 0o755

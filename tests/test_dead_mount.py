@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+import cachefs
+from cachefs.daemon.control import DeadMount, read_control
+
 from .conftest import Mount, Mounter, cli, mounted_at, wait_gone
 from .faultproxy import Fault, FaultProxy
 from .servers import SeaweedFS
@@ -89,6 +92,11 @@ def test_umount_of_a_dead_mount_with_nothing_pending_exits_0(
     kill_9(m)
     status = cli("status", str(m.path), env=m.env)
     assert status.returncode == 2 and f"`cachefs umount {m.path}`" in status.stderr
+    with pytest.raises(DeadMount) as dead:  # one reader: the CLI and the API say the same
+        read_control(m.path, "stats")
+    assert str(dead.value) in status.stderr and dead.value.os_errno == errno.ENOTCONN
+    with pytest.raises(cachefs.MountError, match="its daemon is gone"):
+        cachefs.stats(m.path)
     result = cli("umount", str(m.path), env=m.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nothing was pending" in result.stdout

@@ -113,9 +113,10 @@ def test_third_party_clients_stay_in_their_module() -> None:
 
 
 def test_the_cli_can_take_the_cache_dir_lock_without_pyfuse3() -> None:
-    """`cachefs clear` and `verify` lock the cache dir; they must work where FUSE is absent."""
+    """`cachefs clear` and `verify` lock the cache dir, and every command reads a mount's
+    control attributes; they must work where FUSE is absent."""
     reachable = set()
-    todo = ["cachefs.daemon.lock"]
+    todo = ["cachefs.daemon.lock", "cachefs.daemon.control"]
     edges = graph()
     while todo:
         module = todo.pop()

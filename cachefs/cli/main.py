@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import FIELDS, Config, flag_argv
+from ..daemon.control import wait_mounted
 from ..errors import CacheFSError, ConfigError
 from .bucket import add_commands as add_bucket_commands
 from .commands import (
@@ -89,7 +90,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     os.close(write_end)
     message = _read_line(read_end, timeout=120)
     os.close(read_end)
-    if message.startswith("ok") and daemon.wait_mounted(Path(mountpoint), proc.pid):
+    if message.startswith("ok") and wait_mounted(Path(mountpoint), proc.pid):
         info = json.loads(message[2:].strip() or "{}")
         what = config.store
         if "key" in info:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
-import json
 import os
 import re
 import shlex
@@ -22,6 +20,7 @@ from typing import Any
 
 from ..config import FIELDS, Config, load
 from ..daemon import mountrec
+from ..daemon.control import ControlError, read_control
 
 OK, MISS, FAIL = 0, 1, 2
 #: unmounted (or a dead mount cleared), but closed files are still in the write-back journal
@@ -71,20 +70,11 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def mount_control(mountpoint: str, name: str) -> Any:
-    path = Path(mountpoint).absolute()
+    """``user.cachefs.NAME`` of the mount at ``mountpoint``, or Failure (daemon/control.py)."""
     try:
-        raw = os.getxattr(path, "user.cachefs." + name)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP):
-            raise Failure(f"{path} is not a cachefs mount") from None
-        if e.errno in mountrec.DEAD_ERRNOS:
-            raise Failure(f"{path}: {e.strerror}: its daemon is gone; `cachefs umount {path}` "
-                          "clears the mount and lists what was pending") from None
-        raise Failure(f"{path}: {e.strerror}") from None
-    text = raw.decode()
-    with contextlib.suppress(ValueError):
-        return json.loads(text)
-    return text
+        return read_control(mountpoint, name)
+    except ControlError as e:
+        raise Failure(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -411,8 +411,5 @@ class CacheFS(WriteOps, TreeOps, PackBuildOps, CoreState):
         return {"pending": [op.describe() for op in self.wb.pending()],
                 "refused": list(self.wb.refused)}
 
-    async def verify_blob(self, digest: str) -> bool:
-        return await self.blobs.verify(digest)
-
 
 __all__ = ["BlobReader", "CacheFS", "ChecksumMismatch", "Limiters", "Options"]

@@ -118,7 +118,6 @@ class ReadHandle:
         self.on_corrupt = on_corrupt
         self.timeout = timeout
         self.disk = disk
-        self.writable = False
         #: the content this handle reads (fs.content_token at open): handles of one node that
         #: read different versions must not share the kernel's page cache
         self.version: object = None
@@ -207,7 +206,6 @@ class WriteHandle:
         self.staging = staging
         self.readable = readable
         self.disk = disk
-        self.writable = True
         self.dirty = False
 
     async def read(self, offset: int, size: int) -> bytes:

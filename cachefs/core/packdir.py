@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from ..errors import CacheFSError, CrossDevice
-from ..nodes import Kind, Node
+from ..nodes import NEVER, Kind, Node
 from ..pack import build as packbuild
 from ..pack.build import BuildLog, Item
 from ..remote.writeback import Op
@@ -207,7 +207,7 @@ class PackBuildOps(CoreState):
             digest, size, crcs = await trio.to_thread.run_sync(digest_path, out,
                                                                limiter=self.limits.cpu)
         except (OSError, ValueError) as e:
-            out.unlink(missing_ok=True)
+            await self.blobs.remove_file(out)
             self.stats.error("pack_seal_failed")
             raise CacheFSError(f"pack {key} not written: {e}") from e
         await self.blobs.commit(out, digest, size, crcs, durable=True)
@@ -226,7 +226,7 @@ class PackBuildOps(CoreState):
         old = node.children or {}
         node.pack, node.etag, node.size = True, op.info.etag, op.size
         node.mode = 0o555  # read-only from now on, like every pack
-        node.children, node.listed_at = None, 0.0
+        node.children, node.listed_at = None, NEVER
         for name, child in old.items():
             self.ns.notifier.entry_removed(node.ino, name, child.ino)
             self.table.detach(child)
@@ -255,21 +255,26 @@ class PackBuildOps(CoreState):
         assert self.packs is not None
         reader = PackFileReader(self.packs, node.pack)
         temp = self.blobs.new_temp_path("copyup")
+        disk = self.limits.disk
         try:
-            with open(temp, "wb") as f:
+            f = await trio.to_thread.run_sync(open, temp, "wb", limiter=disk)
+            try:
                 offset = 0
                 while offset < node.size:
                     data = await reader.read(offset, 1 << 20)
                     if not data:
                         raise CacheFSError(f"{node.describe()}: pack file ended early")
-                    await trio.to_thread.run_sync(f.write, data, limiter=self.limits.disk)
+                    await trio.to_thread.run_sync(f.write, data, limiter=disk)
                     offset += len(data)
+            finally:
+                with trio.CancelScope(shield=True):  # flushes: a disk write
+                    await trio.to_thread.run_sync(f.close, limiter=disk)
             digest, size, crcs = await trio.to_thread.run_sync(digest_path, temp,
                                                                limiter=self.limits.cpu)
         finally:
             reader.close()
         if node.digest and digest != node.digest:
-            temp.unlink(missing_ok=True)
+            await self.blobs.remove_file(temp)
             raise CacheFSError(f"{node.describe()}: content does not match the pack's table")
         await self.blobs.commit(temp, digest, size, crcs)
         return digest
@@ -304,11 +309,13 @@ class PackBuildOps(CoreState):
 
     async def recover_builds(self) -> None:
         """At start: seal what a previous daemon logged but did not seal (it died)."""
-        logs = await trio.to_thread.run_sync(lambda: sorted(self.build_dir.glob("*.log")))
+        disk = self.limits.disk
+        logs = await trio.to_thread.run_sync(lambda: sorted(self.build_dir.glob("*.log")),
+                                             limiter=disk)
         for path in logs:
-            key, items = await trio.to_thread.run_sync(BuildLog.replay, path)
+            key, items = await trio.to_thread.run_sync(BuildLog.replay, path, limiter=disk)
             if not key:
-                path.unlink(missing_ok=True)
+                await self.blobs.remove_file(path)
                 continue
             missing = {i.path for i in items if i.kind == "f" and i.size and
                        not self.blobs.has(i.digest)}
@@ -321,7 +328,7 @@ class PackBuildOps(CoreState):
             except CacheFSError as e:
                 log.error("%s: unsealed pack from the last run could not be sealed: %s", key, e)
                 continue
-            path.unlink(missing_ok=True)
+            await self.blobs.remove_file(path)
             log.warning("%s: sealed the pack a previous mount was building when it stopped "
                         "(%d entries); uploading", key, len(items))
             await self._register_when_stored(op)

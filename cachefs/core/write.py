@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import shutil
+from array import array
 from typing import Any
 
 import trio
@@ -276,17 +277,7 @@ class WriteOps(PackBuildOps):
                 log.debug("%s: closed after unlink; nothing to store", node.name)
                 self._drop_stream(staging)
                 return
-            stream = None
-            if staging.hasher is not None and staging.hashed == staging.size:
-                size = staging.size
-                digest, crcs = staging.hasher.finish()  # written in order: already hashed
-                if staging.stream is not None and staging.stream.key == self.ns.key(node):
-                    stream, staging.stream = staging.stream, None
-            else:
-                digest, size, crcs = await trio.to_thread.run_sync(
-                    digest_fd, staging.fd, None, limiter=self.limits.cpu)
-            self._drop_stream(staging)
-            staging.hasher = None
+            digest, size, crcs, stream = await self._staged_digest(node, staging)
             building = self.building_of(node)
             if building is None and self.in_pack(node):
                 raise ReadOnly(f"{node.describe()}: its NAME.pack directory was sealed while the "
@@ -308,12 +299,7 @@ class WriteOps(PackBuildOps):
                 await self.build_put(building, node)
                 staging.error = ""
                 return
-            meta = attrs_mod.object_metadata(node, digest)
-            meta["cachefs-crc"] = await self._crc_meta(digest, size)
-            op = await self.wb.submit("put", self.ns.key(node), digest=digest, size=size,
-                                      meta=meta, stream=stream)
-            node.pending += 1
-            self._op_nodes[op.seq] = node
+            op = await self._submit_put(node, digest, size, stream)
         # The upload waits outside the lock: the sealed blob no longer changes.
         if self.opts.sync_writes if wait is None else wait:
             try:
@@ -323,6 +309,32 @@ class WriteOps(PackBuildOps):
                 self.stats.error("store_write_failed")
                 staging.error = str(e)
                 raise
+
+    async def _staged_digest(self, node: Node, staging: Staging) -> tuple[str, int, array, Any]:
+        """Digest, size and CRCs of the staged content, and the upload streamed while it was
+        written (if it is still for the node's key). Under the staging lock."""
+        stream = None
+        if staging.hasher is not None and staging.hashed == staging.size:
+            size = staging.size
+            digest, crcs = staging.hasher.finish()  # written in order: already hashed
+            if staging.stream is not None and staging.stream.key == self.ns.key(node):
+                stream, staging.stream = staging.stream, None
+        else:
+            digest, size, crcs = await trio.to_thread.run_sync(
+                digest_fd, staging.fd, None, limiter=self.limits.cpu)
+        self._drop_stream(staging)
+        staging.hasher = None
+        return digest, size, crcs, stream
+
+    async def _submit_put(self, node: Node, digest: str, size: int, stream: Any) -> Op:
+        """Hand the sealed content to write-back under the node's key."""
+        meta = attrs_mod.object_metadata(node, digest)
+        meta["cachefs-crc"] = await self._crc_meta(digest, size)
+        op = await self.wb.submit("put", self.ns.key(node), digest=digest, size=size,
+                                  meta=meta, stream=stream)
+        node.pending += 1
+        self._op_nodes[op.seq] = node
+        return op
 
     async def _crc_meta(self, digest: str, size: int) -> str:
         unit = crc_unit(size)

@@ -8,14 +8,11 @@ different store. ``run`` is what `cachefs mount --foreground` executes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import signal
-import stat
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -239,9 +236,9 @@ class Daemon:
         base = parse_store_url(self.config.store).prefix.strip("/")
         full = f"{base}/{key}" if base else key
         self.last_pack = {}
-        started = time.monotonic()
+        started = trio.current_time()
         summary = await self.fs.save_as(node, full)
-        self.last_pack = {"key": full, "seconds": round(time.monotonic() - started, 2),
+        self.last_pack = {"key": full, "seconds": round(trio.current_time() - started, 2),
                           **summary}
 
     async def _warm(self, path: str) -> None:
@@ -485,39 +482,3 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
         if ready_fd is not None:
             _report(ready_fd, "error: " + str(e))
         return 2
-
-
-def wait_mounted(mountpoint: Path, pid: int | None, timeout: float = 30.0) -> bool:
-    """True once ``mountpoint`` answers as a cachefs mount (used by the CLI)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.path.ismount(mountpoint) and os.getxattr(mountpoint, "user.cachefs.pid"):
-                return True
-        except OSError as e:
-            if e.errno not in (errno.ENODATA, errno.ENOTCONN, errno.ENOENT, errno.EIO):
-                raise
-        if pid is not None:
-            with contextlib.suppress(ChildProcessError):
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return False
-        time.sleep(0.05)
-    return False
-
-
-def is_cachefs_mount(mountpoint: Path) -> bool:
-    try:
-        st = os.stat(mountpoint)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and os.path.ismount(mountpoint)
-
-
-def read_control(mountpoint: Path, name: str) -> Any:
-    raw = os.getxattr(mountpoint, "user.cachefs." + name)
-    text = raw.decode()
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text

@@ -9,9 +9,9 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import stat
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -36,14 +36,16 @@ BLKSIZE = 1 << 20
 
 
 class _RateLimitedLog:
-    """Log each distinct refusal once per minute at most, with a count of repeats."""
+    """Log each distinct refusal once per minute at most (on the trio clock), with a count of
+    repeats."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
         self.last: dict[str, tuple[float, int]] = {}
+        self.clock = clock
 
     def __call__(self, level: int, key: str, message: str) -> None:
-        now = time.monotonic()
-        seen, repeats = self.last.get(key, (0.0, 0))
+        now = self.clock()
+        seen, repeats = self.last.get(key, (-math.inf, 0))
         if now - seen < 60:
             self.last[key] = (seen, repeats + 1)
             return

@@ -145,7 +145,7 @@ class Packs:
                                                 size, limiter=self.cpu)
         finally:
             self.stats.end(progress)
-            temp.unlink(missing_ok=True)
+            await self.blobs.remove_file(temp)
         self.stats.count("archives_fetched")
         self.stats.count("bytes_from_store", ref.size)
         return toc.encode(), toc
@@ -167,21 +167,24 @@ class Packs:
                            lambda: trio.to_thread.run_sync(fn, limiter=self.s3))
 
     async def _keep(self, data: bytes, bindings: list[tuple[str, str]]) -> str:
-        def place() -> tuple[str, int, array]:
+        def digest_of() -> tuple[str, array]:
             builder = DigestBuilder()
             builder.update(data)
-            digest, crcs = builder.finish()
-            if not self.blobs.has(digest):
-                temp = self.blobs.new_temp_path("pack")
-                temp.write_bytes(data)
-                dest = self.blobs.path(digest)
-                dest.parent.mkdir(exist_ok=True, mode=0o700)
-                os.chmod(temp, 0o600)
-                os.replace(temp, dest)
-            return digest, len(data), crcs
+            return builder.finish()
 
-        digest, size, crcs = await trio.to_thread.run_sync(place, limiter=self.cpu)
-        self.blobs.register(digest, size, crcs)
+        def place(temp: Path, dest: Path) -> None:
+            temp.write_bytes(data)
+            dest.parent.mkdir(exist_ok=True, mode=0o700)
+            os.chmod(temp, 0o600)
+            os.replace(temp, dest)
+
+        # hashing is CPU work, writing disk work: each under its own limiter; the blob index
+        # is looked at here, on the trio thread
+        digest, crcs = await trio.to_thread.run_sync(digest_of, limiter=self.cpu)
+        if not self.blobs.has(digest):
+            await trio.to_thread.run_sync(place, self.blobs.new_temp_path("pack"),
+                                          self.blobs.path(digest), limiter=self.disk)
+        self.blobs.register(digest, len(data), crcs)
         for key, etag in bindings:
             self.blobs.bind(key, etag, digest)
         await self.blobs.evict()

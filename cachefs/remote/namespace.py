@@ -15,10 +15,8 @@ directory made here over a listed one of the same name stays one node.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -26,10 +24,11 @@ import trio
 from ..attrs import apply_manifest_entry, attrs_from_metadata
 from ..errors import CacheFSError, NotADirectory, NotFound, StoreUnavailable
 from ..names import MANIFEST_NAME, component_problem, is_internal
-from ..nodes import InodeTable, Kind, Node
+from ..nodes import NEVER, InodeTable, Kind, Node
 from ..store import ListPage, ObjectInfo, Store
 from ..tier.listings import MetadataCache
 from . import manifest as manifest_mod
+from .changes import LocalChanges
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,8 @@ OFFLINE_RETRY = 10.0
 FLAT_MAX_PAGES = 100
 #: a directory listed this recently, whose sub-directory is now being listed, is being walked
 WALK_WINDOW = 30.0
+#: one directory's share of a subtree listing: its objects, and the names of its subdirectories
+_Group = tuple[list[ObjectInfo], set[str]]
 
 
 class Notifier(Protocol):
@@ -64,7 +65,7 @@ class Namespace:
                  pending_put: Callable[[str], Any] = lambda key: None,
                  pending_under: Callable[[str], dict[str, Any]] = lambda prefix: {},
                  manifest_pending: Callable[[str, str], bool] = lambda path, name: False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self.store = store
         self.prefix = prefix
         self.table = table
@@ -77,6 +78,7 @@ class Namespace:
         self.pending_put = pending_put
         #: names below a prefix that the journal writes (WriteBack.pending_under)
         self.pending_under = pending_under
+        #: TTLs read the trio clock (a MockClock in tests); the cache dir keeps wall-clock times
         self.clock = clock
         self.root = table.root
         self.offline = False
@@ -84,19 +86,13 @@ class Namespace:
         self._warned: set[str] = set()
         self._flat: dict[int, trio.Event] = {}  # subtree listings in progress, by top inode
         self._nursery: trio.Nursery | None = None
-        self.flat_listings = 0
         #: fills in a pack directory from its table of contents (set by the daemon)
         self.pack_loader: Callable[[Node], Awaitable[None]] | None = None
-        #: sequence number of the last local change (see the module docstring)
-        self.seq = 0
-        #: names removed here: directory inode -> name -> seq of the removal
-        self._removed: dict[int, dict[str, int]] = {}
-        #: (directory inode, name) pairs a create or rename is working on
-        self._reserved: dict[tuple[int, str], int] = {}
-        #: directories being renamed (their subtree's listings are not merged meanwhile)
-        self._moving: dict[int, int] = {}
-        #: listings in progress, by the sequence number they began at
-        self._active: dict[int, int] = {}
+        #: what changed here, which no listing may undo (see the module docstring)
+        self.changes = LocalChanges()
+        self.local_change = self.changes.local_change
+        self.reserving = self.changes.reserving
+        self.moving = self.changes.moving
         #: whether the manifest entry (dir path, name) changed here and is not written yet
         self.manifest_pending = manifest_pending
 
@@ -117,67 +113,11 @@ class Namespace:
         path = node.path()
         return self.prefix + path + "/" if path else self.prefix
 
-    # -- local changes -------------------------------------------------------------------------
+    # -- local changes (remote/changes.py) -------------------------------------------------------
 
-    def local_change(self, directory: Node, name: str | None = None) -> None:
-        """``directory`` (its entry ``name``, if given) changed here: listings that began
-        before now must not undo it."""
-        self.seq += 1
-        if name is not None:
-            child = (directory.children or {}).get(name)
-            if child is None:
-                self._removed.setdefault(directory.ino, {})[name] = self.seq
-            else:
-                child.changed_seq = self.seq
-                self._removed.get(directory.ino, {}).pop(name, None)
-        for node in (directory, *directory.ancestors()):
-            node.changed_seq = self.seq
-
-    @contextlib.contextmanager
-    def reserving(self, *entries: tuple[Node, str]) -> Iterator[None]:
-        """Listings leave these (directory, name) entries alone until the block ends."""
-        keys = [(d.ino, n) for d, n in entries]
-        for key in keys:
-            self._reserved[key] = self._reserved.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            for key in keys:
-                if self._reserved[key] <= 1:
-                    del self._reserved[key]
-                else:
-                    self._reserved[key] -= 1
-            for directory, name in entries:
-                self.local_change(directory, name)
-
-    @contextlib.contextmanager
-    def moving(self, node: Node, old: tuple[Node, str], new: tuple[Node, str]) \
-            -> Iterator[None]:
-        """``node`` moves from entry ``old`` to entry ``new``: both entries are reserved, and
-        listings of its subtree (which see the store half moved) are not merged."""
-        with self.reserving(old, new):
-            self._moving[node.ino] = self._moving.get(node.ino, 0) + 1
-            try:
-                yield
-            finally:
-                if self._moving[node.ino] <= 1:
-                    del self._moving[node.ino]
-                else:
-                    self._moving[node.ino] -= 1
-
-    def _in_move(self, directory: Node) -> bool:
-        return bool(self._moving) and any(
-            n.ino in self._moving for n in (directory, *directory.ancestors()))
-
-    def _undone_locally(self, directory: Node, name: str, since: int) -> bool:
-        """Whether a listing that began at ``since`` would undo a change made here to the
-        entry ``name`` of ``directory``."""
-        if (directory.ino, name) in self._reserved:
-            return True
-        node = (directory.children or {}).get(name)
-        if node is not None and node.changed_seq > since:
-            return True
-        return self._removed.get(directory.ino, {}).get(name, 0) > since
+    @property
+    def seq(self) -> int:
+        return self.changes.seq
 
     def find(self, path: str) -> Node | None:
         """The node at ``path`` if it is in memory (no listing)."""
@@ -276,12 +216,14 @@ class Namespace:
             self._flat.pop(top.ino).set()
 
     async def _flat_listing(self, top: Node) -> None:
-        with self._listing_from() as since:
+        with self.changes.listing_from() as since:
             await self._flat_listing_since(top, since)
 
-    async def _flat_listing_since(self, top: Node, since: int) -> None:
-        prefix = self.dir_prefix(top)
-        groups: dict[str, tuple[list[ObjectInfo], set[str]]] = {"": ([], set())}
+    async def _subtree_pages(self, prefix: str) -> tuple[dict[str, _Group], str]:
+        """Up to FLAT_MAX_PAGES pages of every key below ``prefix``, grouped by directory
+        (relative path -> its objects and subdirectory names), and the last key listed if the
+        listing stopped before the end ("" if it is complete)."""
+        groups: dict[str, _Group] = {"": ([], set())}
         token: str | None = None
         last = ""
         for _ in range(FLAT_MAX_PAGES):
@@ -296,9 +238,12 @@ class Namespace:
                 groups["/".join(parts[:-1])][0].append(obj)
                 last = obj.key
             if token is None:
-                last = ""
-                break
-        self.flat_listings += 1
+                return groups, ""
+        return groups, last
+
+    async def _flat_listing_since(self, top: Node, since: int) -> None:
+        prefix = self.dir_prefix(top)
+        groups, last = await self._subtree_pages(prefix)
         if not top.attached or self.dir_prefix(top) != prefix:
             return  # moved or removed meanwhile: the listing describes somewhere else
         now = self.clock()
@@ -310,7 +255,7 @@ class Namespace:
             node = self.find(f"{top.path()}/{rel}".strip("/")) if rel else top
             if node is None or node.kind is not Kind.DIR or (node is not top and self.fresh(node)):
                 continue
-            if self._in_move(node):
+            if self.changes.in_move(node):
                 continue
             objects, subdirs = groups[rel]
             page = ListPage(objects, [dir_prefix + d + "/" for d in sorted(subdirs)])
@@ -338,26 +283,8 @@ class Namespace:
         if directory.is_pack_dir and self.pack_loader is not None:
             await self.pack_loader(directory)
             return
-        with self._listing_from() as since:
+        with self.changes.listing_from() as since:
             await self._list_since(directory, since)
-
-    @contextlib.contextmanager
-    def _listing_from(self) -> Iterator[int]:
-        """A listing in progress, from the current sequence number on; what it must not undo
-        is remembered until no listing that began earlier is left."""
-        since = self.seq
-        self._active[since] = self._active.get(since, 0) + 1
-        try:
-            yield since
-        finally:
-            if self._active[since] <= 1:
-                del self._active[since]
-            else:
-                self._active[since] -= 1
-            oldest = min(self._active, default=self.seq)
-            for directory in [d for d, names in self._removed.items()
-                              if all(s <= oldest for s in names.values())]:
-                del self._removed[directory]
 
     async def _list_since(self, directory: Node, since: int) -> None:
         path = directory.path()
@@ -372,7 +299,7 @@ class Namespace:
                 directory.listed_at = listed_at
                 directory.manifest_etag = manifest_etag
                 if self._drop_stale_local(directory):
-                    directory.listed_at = 0.0  # list again: the store may have them by now
+                    directory.listed_at = NEVER  # list again: the store may have them by now
                 if self.fresh(directory):
                     return
         prefix = self.dir_prefix(directory)
@@ -393,12 +320,12 @@ class Namespace:
             self.offline = False
         entries = await self._manifest(directory, prefix, page)
         if not directory.attached or self.dir_prefix(directory) != prefix or \
-                self._in_move(directory):
+                self.changes.in_move(directory):
             # Moved or removed while it was listed: the listing describes another place. Show
             # what is known (an empty directory at worst) and list again at the next access.
             if directory.children is None:
                 directory.children = {}
-            directory.listed_at = 0.0
+            directory.listed_at = NEVER
             return
         self.merge(directory, prefix, page, entries, since)
         directory.listed_at = self.clock()
@@ -463,7 +390,7 @@ class Namespace:
         for name, node in list(children.items()):
             if name not in found and name not in journal and not self._keep_local(node) and \
                     not (keep_dirs and node.kind is Kind.DIR) and \
-                    not self._undone_locally(directory, name, since):
+                    not self.changes.undone_locally(directory, name, since):
                 del children[name]
                 self.table.detach(node)
                 self.notifier.entry_removed(directory.ino, name, node.ino)
@@ -472,7 +399,7 @@ class Namespace:
         for name, obj in sorted(found.items()):
             if self.pending_kind(prefix + name) == "delete":
                 continue  # deleted here; the store does not know yet
-            if self._undone_locally(directory, name, since):
+            if self.changes.undone_locally(directory, name, since):
                 continue  # changed here after the listing began
             self._merge_one(directory, children, name, obj)
         if manifest:
@@ -599,13 +526,13 @@ class Namespace:
     def invalidate(self, directory: Node) -> None:
         """Force the next access to list ``directory`` again (not one that is never listed)."""
         if directory.listed_at != float("inf"):
-            directory.listed_at = 0.0
+            directory.listed_at = NEVER
 
     def invalidate_all(self) -> None:
         """Every listing is checked again at its next access (the store came back)."""
         for node in self.table.nodes.values():
             if node.kind is Kind.DIR and node.listed_at != float("inf"):
-                node.listed_at = 0.0
+                node.listed_at = NEVER
 
 
 __all__ = ["Namespace", "Notifier", "NullNotifier"]

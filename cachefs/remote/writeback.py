@@ -541,7 +541,7 @@ class WriteBack:
         finally:
             self.stats.end(progress)
             if temp is not None:
-                temp.unlink(missing_ok=True)
+                await self.blobs.remove_file(temp)
         self.stats.count("bytes_to_store", size)
         return ObjectInfo(op.key, op.size, info.etag, time.time(), meta)
 

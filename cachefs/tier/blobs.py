@@ -243,6 +243,13 @@ class BlobTier:
     def new_temp_path(self, label: str) -> Path:
         return self.tmp / f"{label}.{os.getpid()}.{time.monotonic_ns()}"
 
+    async def remove_file(self, path: Path) -> None:
+        """Delete a file of the cache dir (a temp file, a build log), if there, in a worker
+        thread: unlinking a large file frees its extents, which takes a while. Shielded, so the
+        ``finally`` of a cancelled caller still cleans up."""
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_unlink_if_there, path, limiter=self.disk)
+
     # -- adding --------------------------------------------------------------------------------
 
     async def commit(self, temp: Path, digest: str, size: int, crcs: array,
@@ -486,3 +493,7 @@ class BlobReader:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.tier.unpin(self.digest)
+
+
+def _unlink_if_there(path: Path) -> None:
+    path.unlink(missing_ok=True)

@@ -27,7 +27,6 @@ SCHEMA_VERSION = 1
 class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.recreated = False
         self._lock = threading.Lock()
         self.limiter = trio.CapacityLimiter(1)
         self.conn = self._open()
@@ -40,7 +39,6 @@ class Database:
             if version not in (0, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
             if version == 0:
-                self.recreated = True
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return conn
         except sqlite3.DatabaseError as e:
@@ -51,7 +49,6 @@ class Database:
                 src = Path(str(self.path) + suffix)
                 if src.exists():
                     src.rename(str(aside) + suffix)
-            self.recreated = True
             conn = self._connect()
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return conn

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import trio
 
 from ..nodes import Kind, Node
 from .db import Database
@@ -68,8 +71,15 @@ def decode_entry(text: str) -> dict[str, Any]:
 
 
 class MetadataCache:
-    def __init__(self, db: Database) -> None:
+    """Listings kept in the cache dir for the next mount. A node's ``listed_at`` is on the trio
+    clock, which starts anew with each process; the rows keep wall-clock time, converted here,
+    so a remount knows how old each listing is."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = trio.current_time,
+                 wall: Callable[[], float] = time.time) -> None:
         self.db = db
+        self.clock = clock
+        self.wall = wall
         self.dirty: dict[str, Node] = {}  # dir path -> dir node whose rows must be rewritten
         self.dropped: set[str] = set()  # dir paths (and below) whose rows must go
 
@@ -94,12 +104,19 @@ class MetadataCache:
         if found is None:
             return None
         listed_at, manifest_etag, rows = found
-        return listed_at, manifest_etag, [(name, decode_entry(data)) for name, data in rows]
+        entries = [(name, decode_entry(data)) for name, data in rows]
+        return self._from_wall(listed_at), manifest_etag, entries
 
     async def load_self(self) -> dict[str, Any] | None:
         row = await self.db.run(lambda c: c.execute(
             "SELECT data FROM entries WHERE dir = '' AND name = ?", (SELF,)).fetchone())
         return decode_entry(row[0]) if row else None
+
+    def _to_wall(self, listed_at: float) -> float:
+        return listed_at + (self.wall() - self.clock())  # NEVER (-inf) stays NEVER
+
+    def _from_wall(self, stored: float) -> float:
+        return stored - (self.wall() - self.clock())
 
     def mark(self, directory: Node) -> None:
         """Rewrite this directory's rows at the next flush (not inside packs: their tables
@@ -121,7 +138,7 @@ class MetadataCache:
         for node in list(self.dirty.values()):
             if node.children is None or not node.attached:
                 continue
-            rows.append((node.path(), node.listed_at, node.manifest_etag,
+            rows.append((node.path(), self._to_wall(node.listed_at), node.manifest_etag,
                          [(name, encode_entry(c)) for name, c in node.children.items()]))
         self.dirty.clear()
         root_row = encode_entry(root)
