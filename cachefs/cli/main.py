@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
             exit codes: 0 ok, 1 not found / miss, 2 error, 3 unmounted but changes
             still pending, 4 a dead mount of another file system is in the way.
+            `cachefs SOURCE MOUNTPOINT [-o OPTIONS]` (SOURCE s3://... or file://...) is the
+            form mount.fuse3 runs for `mount -t fuse.cachefs` and fstab: options as for
+            mount.fuse.cachefs (docs/DEPLOY.md).
             settings come from flags, then CACHEFS_<SETTING> variables, then
             ~/.config/cachefs/config.toml; see `cachefs mount --help`."""))
     parser.add_argument("--version", action="version", version=f"cachefs {__version__}")
