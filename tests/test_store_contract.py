@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from cachefs.config import Credentials
-from cachefs.errors import AccessDenied, BucketNotFound, NameTooLong, NotFound, ObjectChanged
+from cachefs.errors import (
+    AccessDenied,
+    BucketNotFound,
+    Exists,
+    NameTooLong,
+    NotFound,
+    ObjectChanged,
+)
 from cachefs.store import Store
 from cachefs.store.local import LocalStore
 from cachefs.store.s3 import S3Store
@@ -119,6 +126,54 @@ def test_multipart(store: Store) -> None:
     head = store.head("big")
     assert head.size == len(part1) + 4 and head.metadata["mode"] == "33261"
     assert store.read_all("big")[1] == part1 + part2
+
+
+def test_put_new_never_replaces(store: Store) -> None:
+    store.put_new("p/immutable", b"first", {"a": "1"})
+    with pytest.raises(Exists, match="already exists"):
+        store.put_new("p/immutable", b"second", {})
+    upload = store.create_multipart("p/immutable", {})
+    etag = store.upload_part("p/immutable", upload, 1, b"third")
+    with pytest.raises(Exists):
+        store.complete_multipart_new("p/immutable", upload, [(1, etag)], 5)
+    store.abort_multipart("p/immutable", upload)
+    info, body = store.read_all("p/immutable")
+    assert body == b"first" and info.metadata == {"a": "1"}
+    upload = store.create_multipart("p/fresh", {})
+    etag = store.upload_part("p/fresh", upload, 1, b"new")
+    store.complete_multipart_new("p/fresh", upload, [(1, etag)], 3)
+    assert store.read_all("p/fresh")[1] == b"new"
+    assert [o.key for o in store.list_all("p/").objects] == ["p/fresh", "p/immutable"]
+
+
+#: which stores honour If-None-Match: * on PutObject and CompleteMultipartUpload, as the probe
+#: finds out (docs/SEMANTICS.md says the same); the local store links, which never replaces
+HONOURS_IF_NONE_MATCH = {"memory": False, "local": True, "seaweed": True, "moto": True}
+
+
+def test_conditional_writes_probe(store: Store, request: pytest.FixtureRequest) -> None:
+    kind = request.node.callspec.params["store"]
+    assert store.conditional_writes("p/key") is HONOURS_IF_NONE_MATCH[kind]
+    # the probe leaves nothing behind (SeaweedFS may keep a "p/" folder object)
+    assert [o.key for o in store.list_all("p/", None).objects if "probe" in o.key] == []
+
+
+def test_racing_new_writes_one_wins(store: Store) -> None:
+    if not store.conditional_writes("race/k"):
+        pytest.skip("no conditional writes: the HEAD check can be raced")
+    bodies = [os.urandom(1000) for _ in range(8)]
+
+    def save(body: bytes) -> bool:
+        try:
+            store.put_new("race/k", body, {})
+        except Exists:
+            return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(save, bodies))
+    assert won.count(True) == 1
+    assert store.read_all("race/k")[1] == bodies[won.index(True)]
 
 
 def test_abort_multipart(store: Store) -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import Exists
 from .util import (
+    EXISTS,
     FAIL,
     MISS,
     OK,
@@ -255,7 +257,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
         bar.update(done[0], total)
 
     level = codec.parse_level(f"zstd:{args.level}") or codec.DEFAULT_LEVEL
-    summary = save.pack_directory(root, store, key, level, progress)
+    try:
+        summary = save.pack_directory(root, store, key, level, progress, force=args.force)
+    except Exists as e:
+        bar.close()
+        when = (" (another runner stored it while this one was packing)"
+                if isinstance(e, save.SavedMeanwhile) else "")
+        raise Failure(f"{key} already exists{when}; packs are immutable, so it was not "
+                      "replaced (--force replaces it)", EXISTS) from None
     add_pack_entry(store, key, summary.pop("info"))
     bar.close()
     if args.json:
@@ -282,6 +291,9 @@ def _pack_from_mount(root: Path, key: str, as_json: bool) -> int:
         os.setxattr(mountpoint, "user.cachefs.pack",
                     json.dumps({"path": rel, "key": key}).encode())
     except OSError as e:
+        if e.errno == errno.EEXIST:
+            raise Failure(f"{key} already exists; packs are immutable, so it was not replaced "
+                          "(another runner may have saved it first)", EXISTS) from None
         raise Failure(f"{root}: not saved as {key}: {e.strerror}") from None
     finally:
         done.set()

@@ -401,13 +401,22 @@ def build_parser() -> argparse.ArgumentParser:
         A pack holds a whole tree (files, directories, symlinks, modes, mtimes) in one
         object of independently compressed frames with a table of contents, so a mount
         shows it at once and fetches only the frames that are read. Identical files are
-        stored once. See docs/PACK-FORMAT.md.""")
+        stored once. See docs/PACK-FORMAT.md.
+
+        Packs are immutable: a KEY that exists is not replaced unless --force. The store
+        refuses it atomically where it honours If-None-Match (AWS S3, SeaweedFS, moto,
+        a local store); elsewhere a HEAD check comes first, with a warning. Of two runners
+        saving one KEY at once one wins; the other exits 1 and leaves its object intact.
+
+        exit codes: 0 saved; 1 KEY already exists (not replaced); 2 any other error.""")
     config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
                       "connections"])
     p.add_argument("directory", metavar="DIR")
     p.add_argument("key", metavar="KEY", help="s3://BUCKET/KEY, or KEY within --store")
     p.add_argument("--from-mount", action="store_true",
                    help="DIR is a mounted pack: save it, with its changes, as a new pack KEY")
+    p.add_argument("--force", action="store_true",
+                   help="replace KEY if it exists (packs are otherwise never replaced)")
     p.add_argument("--level", type=int, default=3, help="zstd level 1-22 (default 3)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 

@@ -20,13 +20,19 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CacheFSError, InvalidArgument
+from ..errors import CacheFSError, Exists, InvalidArgument
 from ..store import MIN_PART_SIZE, ObjectInfo, Store
 from .format import FRAME_TARGET, PackBuilder, Toc
 
 log = logging.getLogger(__name__)
 
 PART_SIZE = 16 << 20
+
+
+class SavedMeanwhile(Exists):
+    """The key was absent when the pack was begun, and stored by another writer before the
+    pack's own write could create it: the race was lost at the last, atomic step."""
+
 PARTS_IN_FLIGHT = 4
 
 
@@ -34,8 +40,11 @@ class MultipartSink:
     """Bytes in order -> one object: parts uploaded in parallel as they fill."""
 
     def __init__(self, store: Store, key: str, metadata: Mapping[str, str],
-                 part_size: int = PART_SIZE) -> None:
+                 part_size: int = PART_SIZE, replace: bool = True) -> None:
         self.store = store
+        #: False: the last request refuses an existing key (Exists), atomically where the
+        #: store can (Store.put_new)
+        self.replace = replace
         self.key = key
         self.metadata = dict(metadata)
         self.part_size = max(part_size, MIN_PART_SIZE)
@@ -71,12 +80,15 @@ class MultipartSink:
     def finish(self) -> ObjectInfo:
         try:
             if self.upload_id is None:
-                return self.store.put(self.key, bytes(self.buffer), self.metadata)
+                put = self.store.put if self.replace else self.store.put_new
+                return put(self.key, bytes(self.buffer), self.metadata)
             if self.buffer:
                 self._send(bytes(self.buffer))
                 self.buffer.clear()
             done = [(n, f.result()) for n, f in sorted(self.parts.items())]
-            return self.store.complete_multipart(self.key, self.upload_id, done, self.size)
+            complete = (self.store.complete_multipart if self.replace
+                        else self.store.complete_multipart_new)
+            return complete(self.key, self.upload_id, done, self.size)
         finally:
             self.pool.shutdown()
 
@@ -142,16 +154,29 @@ def _sha256(path: Path) -> str:
 
 
 def pack_directory(root: Path, store: Store, key: str, level: int,
-                   progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+                   progress: Callable[[int], None] = lambda n: None,
+                   force: bool = False) -> dict[str, Any]:
     """Pack ``root`` into ``key``; returns a summary for the CLI (``info``: the stored object,
-    for the caller to list in its directory's manifest)."""
+    for the caller to list in its directory's manifest).
+
+    Packs are immutable: unless ``force``, an existing ``key`` raises Exists, checked before
+    any work (to fail fast) and again by the write that creates the object (atomically where
+    the store supports conditional writes), so of two runners saving one key one wins and
+    the other's upload is aborted, leaving the winner's object intact."""
     if not root.is_dir():
         raise InvalidArgument(f"{root} is not a directory")
     started = time.monotonic()
-    sink = MultipartSink(store, key, {"cachefs-pack": "1"})
+    if not force:
+        store.conditional_writes(key)  # probed now, so a warning comes before the work
+        store.refuse_existing(key)
+    sink = MultipartSink(store, key, {"cachefs-pack": "1"}, replace=force)
     try:
         toc = build(root, sink.write, level, progress)
-        info = sink.finish()
+        try:
+            info = sink.finish()
+        except Exists:
+            raise SavedMeanwhile(f"{key} was stored by another writer while this pack was "
+                                 "being made") from None
     except BaseException:
         sink.abort()
         raise
