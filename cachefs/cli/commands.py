@@ -237,7 +237,6 @@ def _store_and_key(args: argparse.Namespace, dest: str) -> tuple[Any, str, Confi
 def cmd_pack(args: argparse.Namespace) -> int:
     from ..pack import codec, save
     from ..remote.manifest import add_pack_entry
-    from ..store.local import LocalStore
 
     root = Path(args.directory)
     if not root.is_dir():
@@ -245,8 +244,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if args.from_mount:
         return _pack_from_mount(root, args.key, args.json)
     store, key, _ = _store_and_key(args, args.key)
-    if isinstance(store, LocalStore):
-        store.ensure()
+    store.ensure()
     store.check()
     files, total = save.tree_size(root)
     bar = Progress(f"packing {files} files")
@@ -411,4 +409,24 @@ def cmd_completion(args: argparse.Namespace) -> int:
     from .completion import script
 
     print(script(args.shell, args.parser), end="")
+    return OK
+
+
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """Convert a local store of the old encoding into a plain directory."""
+    from ..store import parse_store_url
+    from ..store.local import is_legacy
+    from ..store.plain import migrate
+
+    location = parse_store_url(load_config(args).store)
+    if location.scheme != "file":
+        raise Failure(f"{location.url} is not a local store (file:///DIR): nothing to migrate")
+    root = Path(location.bucket)
+    if not is_legacy(root):
+        print(f"cachefs: {root} is a plain directory already: nothing to do")
+        return OK
+    summary = migrate(root)
+    print(f"cachefs: {root} is a plain directory now: {summary['objects']} objects "
+          f"({human(summary['bytes'])}); the old tree is kept in {summary['old']} "
+          "(remove it once the store works)")
     return OK

@@ -32,6 +32,7 @@ from .commands import (
     cmd_doctor,
     cmd_fetch,
     cmd_key,
+    cmd_migrate_store,
     cmd_pack,
     cmd_stats,
     cmd_status,
@@ -419,6 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace KEY if it exists (packs are otherwise never replaced)")
     p.add_argument("--level", type=int, default=3, help="zstd level 1-22 (default 3)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = command("migrate-store", cmd_migrate_store,
+                "turn a local store of the old encoding into a plain directory", """
+        examples:
+          cachefs umount ~/cache && cachefs migrate-store && cachefs mount ~/cache
+          cachefs migrate-store --store file:///srv/cachefs-store
+
+        Local stores (--store file:///DIR, and the default one) are plain directories since
+        0.2: key a/b is the file DIR/a/b. A store made by an earlier version keeps its own
+        encoding (NAME.o files, NAME.d directories) and is still read and written as it is;
+        this converts it, keeping every object's ETag and metadata, so caches stay valid.
+        The new tree is built beside it and swapped in; the old one is kept as
+        DIR.old-encoding. Run it with no mount using the store.
+
+        exit codes: 0 converted (or plain already); 2 error, among them keys a directory
+        tree cannot hold (both a and a/b): the store is then left as it was.""")
+    config_flags(p, ["store"])
 
     p = command("key", cmd_key, "compute a cache key from file contents", """
         examples:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from ..config import Config
 
 __all__ = ["MAX_KEY_BYTES", "MAX_PARTS", "MIN_PART_SIZE", "ListPage", "ObjectInfo",
-           "ReadStream", "Store", "StoreLocation", "key_bytes", "open_store", "parse_store_url"]
+           "ReadStream", "Store", "StoreLocation", "key_bytes", "open_local", "open_store",
+           "parse_store_url"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,15 @@ def open_store(config: Config) -> tuple[Store, str]:
             connections=config.connections,
             timeout=config.timeout,
         ), location.prefix
-    from .local import LocalStore
+    return open_local(Path(location.bucket)), location.prefix
 
-    return LocalStore(Path(location.bucket)), location.prefix
+
+def open_local(root: Path) -> Store:
+    """A local store: a plain directory (plain.py), or one in the encoding of earlier versions
+    (local.py), read and written as it is until ``cachefs migrate-store`` converts it."""
+    from .local import LocalStore, is_legacy
+    from .plain import PlainDirStore
+
+    if is_legacy(root):
+        return LocalStore(root)
+    return PlainDirStore(root)

@@ -68,6 +68,9 @@ class Store(abc.ABC):
     #: how the store is shown to people (never contains credentials)
     url: str
 
+    def ensure(self) -> None:  # noqa: B027 (most stores need nothing)
+        """Create what a new store needs (a local directory); S3 buckets are made elsewhere."""
+
     @abc.abstractmethod
     def check(self) -> None:
         """Raise BucketNotFound / AccessDenied / StoreUnavailable if the store cannot be used."""

@@ -1,4 +1,6 @@
-"""A store kept in a local directory: the embedded default, and a store for NFS-shared caches.
+"""A local store in the encoding of versions before 0.2 (new stores are plain directories,
+plain.py): still read and written, so an existing store (the embedded default among them) keeps
+working across the upgrade; ``cachefs migrate-store DIR`` converts it.
 
 Any S3 key can be stored, including a key that is also a prefix (``a`` and ``a/b``) and dir
 markers (``a/``): every key component becomes a directory named ``<component>.d`` and the last one
@@ -86,6 +88,24 @@ class _FileReadStream(ReadStream):
 
     def close(self) -> None:
         self.f.close()
+
+
+#: the names an old-encoding store has in its top directory
+_LEGACY_DIRS = (".tmp", ".uploads")
+
+
+def is_legacy(root: Path) -> bool:
+    """Whether ``root`` is a store in this encoding: its ``.tmp``/``.uploads`` directories and
+    only ``*.o``/``*.d`` names. One holding no object at all is not (it is empty: a new store
+    starts plain), and neither is a directory with other names (a plain store)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return False
+    if not any((root / d).is_dir() for d in _LEGACY_DIRS):
+        return False
+    rest = [n for n in names if n not in _LEGACY_DIRS]
+    return bool(rest) and all(n.endswith((".o", ".d")) for n in rest)
 
 
 class LocalStore(Store):
