@@ -150,3 +150,22 @@ def test_default_store_of_the_old_encoding_keeps_working(mounter: Mounter,
     (m.path / "new.txt").write_text("n")
     assert cli("sync", str(m.path), env={"XDG_DATA_HOME": str(data)}).returncode == 0
     assert LocalStore(data / "cachefs/store").read_all("new.txt")[1] == b"n"
+
+
+def test_writes_and_deletes_side_by_side(tmp_path: Path) -> None:
+    """Deletes prune parents that writes beside them are making: every write still lands."""
+    import concurrent.futures
+
+    store = PlainDirStore(tmp_path / "store")
+    store.ensure()
+
+    def churn(i: int) -> None:
+        for round_ in range(30):
+            store.put(f"deep/x/y/{i}-{round_}", b"v", {})
+            store.delete(f"deep/x/y/{i}-{round_}")
+        store.put(f"deep/x/y/{i}", b"kept", {})
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        list(pool.map(churn, range(6)))
+    assert sorted(o.key for o in store.list_all("deep/", None).objects) == [
+        f"deep/x/y/{i}" for i in range(6)]

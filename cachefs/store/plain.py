@@ -277,9 +277,12 @@ class PlainDirStore(Store):
         for i, part in enumerate(parts[:-1]):
             path = path / part
             try:
-                path.mkdir(exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise self._conflict(key, f"{'/'.join(parts[:i + 1])} is a file") from None
+                os.mkdir(path)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):  # gone meanwhile: FileNotFound
+                    raise self._conflict(key, f"{'/'.join(parts[:i + 1])} is a file") from None
+            except NotADirectoryError:
+                raise self._conflict(key, f"{'/'.join(parts[:i])} is a file") from None
 
     def _set_record(self, fd_or_path: int | Path, record: dict[str, Any]) -> None:
         try:
@@ -299,9 +302,10 @@ class PlainDirStore(Store):
             self._make_parents(key, parts)
             path = self.root.joinpath(*parts)
             try:
-                path.mkdir(exist_ok=True)
+                os.mkdir(path)
             except FileExistsError:
-                raise self._conflict(key, f"{key.rstrip('/')} is a file") from None
+                if not path.is_dir():
+                    raise self._conflict(key, f"{key.rstrip('/')} is a file") from None
             self._set_record(path, {"meta": dict(metadata)})
         return ObjectInfo(key, 0, EMPTY_ETAG, time.time(), dict(metadata))
 
@@ -334,8 +338,14 @@ class PlainDirStore(Store):
                     st = os.fstat(f.fileno())
                     self._set_record(f.fileno(), {"etag": etag, "meta": dict(metadata),
                                                   "stamp": _stamp(st)})
-                self._make_parents(key, parts)
-                self._place(key, tmp, path, replace)
+                for attempt in range(10):  # a delete beside it may prune a new parent away
+                    try:
+                        self._make_parents(key, parts)
+                        self._place(key, tmp, path, replace)
+                        break
+                    except FileNotFoundError:
+                        if attempt == 9:
+                            raise
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
