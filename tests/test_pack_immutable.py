@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,18 +71,28 @@ def test_the_creating_write_refuses_a_key_stored_meanwhile(tmp_path: Path, big: 
 def test_two_runners_racing_to_save_one_key(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
                                             tmp_path: Path) -> None:
     """Two `cachefs pack` processes at once, both past the up-front check: one exits 0, the
-    other 1, and the object is the winner's pack, whole. The first runner's
-    CompleteMultipartUpload is held back a few seconds (a proxy) so that the second one
-    certainly finishes meanwhile and the store's conditional write decides."""
+    other 1, and the object is the winner's pack, whole. The second starts once the first is
+    uploading (so past its check), and the first one's CompleteMultipartUpload is held back
+    (a proxy) until the second has certainly finished: the store's conditional write decides."""
     trees = [tree(tmp_path / f"t{i}", str(i).encode(), big=24 << 20) for i in range(2)]
     with FaultProxy(seaweed.endpoint) as proxy:
-        proxy.add(Fault(method="POST", path=r"/race/k\?uploadId=", delay=4))
+        proxy.add(Fault(method="POST", path=r"/race/k\?uploadId=", delay=15))
         envs = [{**os.environ, **seaweed.env(), "CACHEFS_ENDPOINT": proxy.url},
                 {**os.environ, **seaweed.env()}]
-        procs = [subprocess.Popen([sys.executable, "-m", "cachefs", "pack", "--json", str(t),
-                                   f"s3://{bucket}/race/k"], env=env, cwd=ROOT, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for t, env in zip(trees, envs, strict=True)]
+
+        def start(i: int) -> subprocess.Popen[str]:
+            return subprocess.Popen([sys.executable, "-m", "cachefs", "pack", "--json",
+                                     "--timeout", "120",  # longer than the held-back answer
+                                     str(trees[i]), f"s3://{bucket}/race/k"], env=envs[i],
+                                    cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+
+        procs = [start(0)]
+        deadline = time.monotonic() + 60
+        while not any("/race/k?uploads" in r.path for r in proxy.requests):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no upload began"
+            time.sleep(0.05)
+        procs.append(start(1))
         results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     assert [code for code, _, _ in results] == [1, 0], results
     winner = 1

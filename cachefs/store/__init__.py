@@ -4,6 +4,7 @@ factory that builds one from a store URL."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from .base import (
 
 if TYPE_CHECKING:
     from ..config import Config
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MAX_KEY_BYTES", "MAX_PARTS", "MIN_PART_SIZE", "ListPage", "ObjectInfo",
            "ReadStream", "Store", "StoreLocation", "key_bytes", "open_local", "open_store",
@@ -85,5 +88,7 @@ def open_local(root: Path) -> Store:
     from .plain import PlainDirStore
 
     if is_legacy(root):
+        log.info("%s: a local store in the encoding of earlier versions, used as it is; "
+                 "`cachefs migrate-store` makes it a plain directory", root)
         return LocalStore(root)
     return PlainDirStore(root)
