@@ -136,7 +136,7 @@ def _pack_stderr_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> bytes:
     src.mkdir(exist_ok=True)
     (src / "f").write_bytes(os.urandom(64 << 10))
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "cachefs", "pack", "--store",
+    proc = subprocess.Popen([sys.executable, "-m", "cachefs", "pack", "--force", "--store",
                              (tmp_path / "store").as_uri(), str(src), "k"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
                             env={**os.environ, **env})

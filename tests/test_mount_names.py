@@ -130,8 +130,11 @@ def setup(request: pytest.FixtureRequest, mounter: Mounter,
         store = tmp_path / "store"
         store.mkdir()
         m = mounter("--store", store.as_uri(), "--timeout", str(TIMEOUT))
-        # 250-byte components: 16 of them make a path longer than PATH_MAX (4096).
-        size, depth = 250, 15
+        # 250-byte components (a file name each in the store's plain directory) below a first
+        # one sized so that the deepest still holds its manifest (13 bytes) and a short name,
+        # but not a 250-byte one: the paths end just short of PATH_MAX (4096).
+        size, depth = 250, 16
+        first = max(1, 3850 - 15 * 251 - 1 - len(os.fsencode(store)))
     else:
         pytest.importorskip("boto3")
         server: SeaweedFS = request.getfixturevalue("seaweed")
@@ -139,11 +142,13 @@ def setup(request: pytest.FixtureRequest, mounter: Mounter,
         m = mounter("--timeout", str(TIMEOUT), server=server, bucket=bucket)
         # 255-byte components: keys are at most 1024 bytes, so 3 levels and a bit.
         size, depth = 255, 3
+        first = size
     tree = Tree(m)
     dirs: list[str] = []
     for i in range(depth):
-        tree.ok("mkdir", dirs, name(chr(ord("a") + i), size))
-        dirs.append(name(chr(ord("a") + i), size))
+        length = first if i == 0 else size
+        tree.ok("mkdir", dirs, name(chr(ord("a") + i), length))
+        dirs.append(name(chr(ord("a") + i), length))
     if request.param == "s3":
         tree.ok("mkdir", dirs, name("m", 200))  # room left below it for 55-byte names
         dirs.append(name("m", 200))

@@ -21,6 +21,11 @@ from .servers import KEY_ID, SECRET, SeaweedFS
 #: util-linux looks for mount.<type> only in /sbin, /sbin/fs.d and /sbin/fs, never on PATH
 HELPER_LINK = Path("/sbin/mount.fuse.cachefs")
 HELPER = Path(sys.executable).parent / "mount.fuse.cachefs"
+#: where mount.fuse3 finds ``cachefs`` for a ``fuse.cachefs`` mount with no /sbin helper: its
+#: PATH is reset to the system directories, of which this is the first
+SYSTEM_CACHEFS = Path("/usr/local/sbin/cachefs")
+PROGRAM = Path(sys.executable).parent / "cachefs"
+HELPER_LOCK = "/tmp/cachefs-test-mount-helper.lock"
 
 
 def argv_for(options: str, source: str = "s3://b/p") -> list[str]:
@@ -89,7 +94,7 @@ def helper_on_mount_path() -> Iterator[Path]:
     """The console script linked where util-linux looks, for this test only; a lock keeps
     parallel test runs from removing it under each other."""
     assert HELPER.exists(), f"{HELPER} is missing: pip install -e . installs it"
-    with open("/tmp/cachefs-test-mount-helper.lock", "w") as lock:
+    with open(HELPER_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         created = False
         if HELPER_LINK.is_symlink() or HELPER_LINK.exists():
@@ -202,3 +207,69 @@ def test_unknown_option_through_mount_exits_2(helper_on_mount_path: Path,
     assert result.returncode == 2
     assert "unknown option 'frobnicate'" in result.stderr
     assert not os.path.ismount(tmp_path)
+
+
+@pytest.fixture
+def cachefs_on_system_path() -> Iterator[Path]:
+    """Only ``cachefs`` where mount.fuse3 looks, no /sbin/mount.fuse.cachefs, for this test
+    only (the same lock as the helper fixture keeps them apart)."""
+    assert PROGRAM.exists(), f"{PROGRAM} is missing: pip install -e . installs it"
+    with open(HELPER_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert not (HELPER_LINK.is_symlink() or HELPER_LINK.exists()), \
+            f"{HELPER_LINK} exists: mount(8) would run it instead of mount.fuse3"
+        assert not (SYSTEM_CACHEFS.is_symlink() or SYSTEM_CACHEFS.exists()), \
+            f"{SYSTEM_CACHEFS} is another program; not replacing it"
+        SYSTEM_CACHEFS.symlink_to(PROGRAM)
+        try:
+            yield SYSTEM_CACHEFS
+        finally:
+            SYSTEM_CACHEFS.unlink()
+
+
+def test_cachefs_takes_the_mount_fuse3_form(capsys: pytest.CaptureFixture[str]) -> None:
+    """``cachefs SOURCE MNT -o OPTS`` (what mount.fuse3 runs) maps options like the helper,
+    including the ``dev,suid`` mount.fuse3 adds as root; a mistake is one line, exit 2."""
+    from cachefs.cli.entry import main
+
+    assert main(["s3://b/p", "/nonexistent", "-f", "-v", "-o", "rw,cache_size=1G,dev,suid"]) == 0
+    err = capsys.readouterr().err
+    assert "cachefs: cachefs mount --cache-size 1G --store s3://b/p /nonexistent" in err
+    assert main(["s3://b/p", "/m", "-o", "cache_size=1G,frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cachefs: unknown option 'frobnicate'") and err.count("\n") == 1
+    assert main(["none", "/m", "-f", "-o", "cache_size=lots"]) == 2
+    with pytest.raises(SystemExit):  # a mistyped command is still argparse's to report
+        main(["mount-it", "/m"])
+
+
+@pytest.mark.fuse
+@pytest.mark.s3
+def test_mount_t_fuse_cachefs_with_only_cachefs_on_path(cachefs_on_system_path: Path,
+                                                        seaweed: SeaweedFS, bucket: str,
+                                                        tmp_path: Path) -> None:
+    """No /sbin helper: mount(8) runs mount.fuse3, which runs ``cachefs SOURCE MNT -o ...``
+    from the system PATH; the environment's PATH does not even hold the venv."""
+    seaweed.client().put_object(Bucket=bucket, Key="data/hello.txt", Body=b"hello\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    options = (f"cache_dir={tmp_path / 'cache'},cache_size=20M,endpoint={seaweed.endpoint},"
+               "_netdev,nofail,metadata_ttl=5")
+    env = {"PATH": "/usr/bin:/bin", "CACHEFS_S3_KEY_ID": KEY_ID, "CACHEFS_S3_SECRET": SECRET}
+    with cleanup_mount(mnt):
+        result = subprocess.run(["mount", "-t", "fuse.cachefs", f"s3://{bucket}/data", str(mnt),
+                                 "-o", options], env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "" and result.stderr == ""
+        entry = mount_entry(mnt)
+        assert entry is not None and entry[:2] == (f"s3://{bucket}/data", "fuse.cachefs")
+        assert (mnt / "hello.txt").read_bytes() == b"hello\n"
+        (mnt / "out.txt").write_bytes(b"written")
+        assert cli("umount", str(mnt)).returncode == 0
+    body = seaweed.client().get_object(Bucket=bucket, Key="data/out.txt")["Body"].read()
+    assert body == b"written"
+    bad = subprocess.run(["mount", "-t", "fuse.cachefs", f"s3://{bucket}/data", str(mnt),
+                          "-o", "frobnicate"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "cachefs: unknown option 'frobnicate'" in bad.stderr

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import Exists
 from .util import (
+    EXISTS,
     FAIL,
     MISS,
     OK,
@@ -235,7 +237,6 @@ def _store_and_key(args: argparse.Namespace, dest: str) -> tuple[Any, str, Confi
 def cmd_pack(args: argparse.Namespace) -> int:
     from ..pack import codec, save
     from ..remote.manifest import add_pack_entry
-    from ..store.local import LocalStore
 
     root = Path(args.directory)
     if not root.is_dir():
@@ -243,8 +244,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if args.from_mount:
         return _pack_from_mount(root, args.key, args.json)
     store, key, _ = _store_and_key(args, args.key)
-    if isinstance(store, LocalStore):
-        store.ensure()
+    store.ensure()
     store.check()
     files, total = save.tree_size(root)
     bar = Progress(f"packing {files} files")
@@ -255,7 +255,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
         bar.update(done[0], total)
 
     level = codec.parse_level(f"zstd:{args.level}") or codec.DEFAULT_LEVEL
-    summary = save.pack_directory(root, store, key, level, progress)
+    try:
+        summary = save.pack_directory(root, store, key, level, progress, force=args.force)
+    except Exists as e:
+        bar.close()
+        when = (" (another runner stored it while this one was packing)"
+                if isinstance(e, save.SavedMeanwhile) else "")
+        raise Failure(f"{key} already exists{when}; packs are immutable, so it was not "
+                      "replaced (--force replaces it)", EXISTS) from None
     add_pack_entry(store, key, summary.pop("info"))
     bar.close()
     if args.json:
@@ -282,6 +289,9 @@ def _pack_from_mount(root: Path, key: str, as_json: bool) -> int:
         os.setxattr(mountpoint, "user.cachefs.pack",
                     json.dumps({"path": rel, "key": key}).encode())
     except OSError as e:
+        if e.errno == errno.EEXIST:
+            raise Failure(f"{key} already exists; packs are immutable, so it was not replaced "
+                          "(another runner may have saved it first)", EXISTS) from None
         raise Failure(f"{root}: not saved as {key}: {e.strerror}") from None
     finally:
         done.set()
@@ -399,4 +409,24 @@ def cmd_completion(args: argparse.Namespace) -> int:
     from .completion import script
 
     print(script(args.shell, args.parser), end="")
+    return OK
+
+
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """Convert a local store of the old encoding into a plain directory."""
+    from ..store import parse_store_url
+    from ..store.local import is_legacy
+    from ..store.plain import migrate
+
+    location = parse_store_url(load_config(args).store)
+    if location.scheme != "file":
+        raise Failure(f"{location.url} is not a local store (file:///DIR): nothing to migrate")
+    root = Path(location.bucket)
+    if not is_legacy(root):
+        print(f"cachefs: {root} is a plain directory already: nothing to do")
+        return OK
+    summary = migrate(root)
+    print(f"cachefs: {root} is a plain directory now: {summary['objects']} objects "
+          f"({human(summary['bytes'])}); the old tree is kept in {summary['old']} "
+          "(remove it once the store works)")
     return OK

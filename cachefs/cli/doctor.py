@@ -11,7 +11,6 @@ from typing import Any
 from ..config import Config
 from ..errors import CacheFSError
 from ..store import open_store
-from ..store.local import LocalStore
 
 
 def _step(name: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
@@ -35,8 +34,7 @@ def run_doctor(config: Config) -> int:
     if report is not None:
         for what, source, length in report():
             print(f"{what:<14} from {source}, {length} characters")
-    if isinstance(store, LocalStore):
-        store.ensure()
+    store.ensure()
     canary = f"{prefix}.cachefs-doctor-{uuid.uuid4().hex[:12]}"
     payload = os.urandom(1)
     print("checks")

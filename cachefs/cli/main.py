@@ -34,6 +34,7 @@ from .commands import (
     cmd_doctor,
     cmd_fetch,
     cmd_key,
+    cmd_migrate_store,
     cmd_pack,
     cmd_stats,
     cmd_status,
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
             exit codes: 0 ok, 1 not found / miss, 2 error, 3 unmounted but changes
             still pending, 4 a dead mount of another file system is in the way.
+            `cachefs SOURCE MOUNTPOINT [-o OPTIONS]` (SOURCE s3://... or file://...) is the
+            form mount.fuse3 runs for `mount -t fuse.cachefs` and fstab: options as for
+            mount.fuse.cachefs (docs/DEPLOY.md).
             settings come from flags, then CACHEFS_<SETTING> variables, then
             ~/.config/cachefs/config.toml; see `cachefs mount --help`."""))
     parser.add_argument("--version", action="version", version=f"cachefs {__version__}")
@@ -400,15 +404,41 @@ def build_parser() -> argparse.ArgumentParser:
         A pack holds a whole tree (files, directories, symlinks, modes, mtimes) in one
         object of independently compressed frames with a table of contents, so a mount
         shows it at once and fetches only the frames that are read. Identical files are
-        stored once. See docs/PACK-FORMAT.md.""")
+        stored once. See docs/PACK-FORMAT.md.
+
+        Packs are immutable: a KEY that exists is not replaced unless --force. The store
+        refuses it atomically where it honours If-None-Match (AWS S3, SeaweedFS, moto,
+        a local store); elsewhere a HEAD check comes first, with a warning. Of two runners
+        saving one KEY at once one wins; the other exits 1 and leaves its object intact.
+
+        exit codes: 0 saved; 1 KEY already exists (not replaced); 2 any other error.""")
     config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
                       "connections"])
     p.add_argument("directory", metavar="DIR")
     p.add_argument("key", metavar="KEY", help="s3://BUCKET/KEY, or KEY within --store")
     p.add_argument("--from-mount", action="store_true",
                    help="DIR is a mounted pack: save it, with its changes, as a new pack KEY")
+    p.add_argument("--force", action="store_true",
+                   help="replace KEY if it exists (packs are otherwise never replaced)")
     p.add_argument("--level", type=int, default=3, help="zstd level 1-22 (default 3)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = command("migrate-store", cmd_migrate_store,
+                "turn a local store of the old encoding into a plain directory", """
+        examples:
+          cachefs umount ~/cache && cachefs migrate-store && cachefs mount ~/cache
+          cachefs migrate-store --store file:///srv/cachefs-store
+
+        Local stores (--store file:///DIR, and the default one) are plain directories since
+        0.2: key a/b is the file DIR/a/b. A store made by an earlier version keeps its own
+        encoding (NAME.o files, NAME.d directories) and is still read and written as it is;
+        this converts it, keeping every object's ETag and metadata, so caches stay valid.
+        The new tree is built beside it and swapped in; the old one is kept as
+        DIR.old-encoding. Run it with no mount using the store.
+
+        exit codes: 0 converted (or plain already); 2 error, among them keys a directory
+        tree cannot hold (both a and a/b): the store is then left as it was.""")
+    config_flags(p, ["store"])
 
     p = command("key", cmd_key, "compute a cache key from file contents", """
         examples:

@@ -1,6 +1,9 @@
 """`mount.fuse.cachefs`: what mount(8) runs for `mount -t fuse.cachefs` and /etc/fstab lines.
 
-mount(8) calls ``mount.fuse.cachefs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]``. SOURCE is the store
+mount(8) calls ``mount.fuse.cachefs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]``. Without that helper
+in /sbin, mount(8) runs mount.fuse3, which runs ``cachefs SOURCE MOUNTPOINT -o OPTIONS`` (found on
+the system PATH it resets to); ``cli/entry.py`` sends that form here too, so both read the
+options the same way. SOURCE is the store
 URL (``s3://BUCKET[/PREFIX]`` or ``file:///DIR``; ``cachefs`` or ``none`` means the configured
 store). Each option ``name=value`` is the cachefs setting of that name, so ``cache_size=20G`` is
 ``--cache-size 20G`` and ``restore_key=a,restore_key=b`` repeats the flag; a bare ``name`` turns a
@@ -75,7 +78,7 @@ def split_options(text: str) -> list[str]:
     return [item for item in items if item]
 
 
-def parse_argv(argv: Sequence[str]) -> Invocation:
+def parse_argv(argv: Sequence[str], prog: str = PROG) -> Invocation:
     positionals: list[str] = []
     options: list[str] = []
     flags: set[str] = set()
@@ -94,13 +97,13 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
         elif arg.startswith("-") and len(arg) > 1:
             unknown = set(arg[1:]) - set("sfnv")
             if unknown:
-                raise UsageError(f"unknown flag {arg} (usage: {PROG} SOURCE MOUNTPOINT "
+                raise UsageError(f"unknown flag {arg} (usage: {prog} SOURCE MOUNTPOINT "
                                  "[-sfnv] [-o OPTIONS])")
             flags |= set(arg[1:])
         else:
             positionals.append(arg)
     if len(positionals) != 2:
-        raise UsageError(f"usage: {PROG} SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]")
+        raise UsageError(f"usage: {prog} SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]")
     return Invocation(positionals[0], positionals[1], options, fake="f" in flags,
                       sloppy="s" in flags, verbose="v" in flags)
 
@@ -162,29 +165,36 @@ def mount_argv(inv: Invocation) -> tuple[list[str], list[str]]:
     return [*argv, inv.mountpoint], ignored
 
 
-def check_only(args: argparse.Namespace) -> int:
+def is_mount_form(argv: Sequence[str]) -> bool:
+    """Whether ``cachefs`` was called as ``cachefs SOURCE MOUNTPOINT [-o OPTIONS]``: the way
+    mount.fuse3 runs the program named by the type ``fuse.cachefs`` when no
+    ``/sbin/mount.fuse.cachefs`` exists. A store URL or placeholder is never a command name."""
+    return len(argv) >= 2 and (argv[0].startswith(SCHEMES) or argv[0] in PLACEHOLDERS - {""})
+
+
+def check_only(args: argparse.Namespace, prog: str = PROG) -> int:
     """``-f``: everything but the mount, so a bad value fails the same way."""
     try:
         load({name: getattr(args, name, None) for name in FIELD_BY_NAME}, config_file=args.config)
     except ConfigError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return FAIL
     return 0
 
 
-def run(argv: Sequence[str]) -> int:
+def run(argv: Sequence[str], prog: str = PROG) -> int:
     try:
-        inv = parse_argv(argv)
+        inv = parse_argv(argv, prog)
         cachefs_argv, ignored = mount_argv(inv)
     except UsageError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return FAIL
     if inv.verbose:
         if ignored:
-            print(f"{PROG}: ignoring {','.join(ignored)}", file=sys.stderr)
-        print(f"{PROG}: cachefs {' '.join(cachefs_argv)}", file=sys.stderr)
+            print(f"{prog}: ignoring {','.join(ignored)}", file=sys.stderr)
+        print(f"{prog}: cachefs {' '.join(cachefs_argv)}", file=sys.stderr)
     if inv.fake:
-        return check_only(cli.build_parser().parse_args(cachefs_argv))
+        return check_only(cli.build_parser().parse_args(cachefs_argv), prog)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # mount(8) is silent when it works, unless -v
         code = cli.main(cachefs_argv)

@@ -23,6 +23,9 @@ from ..daemon import mountrec
 from ..daemon.control import ControlError, read_control
 
 OK, MISS, FAIL = 0, 1, 2
+#: `cachefs pack` to a key that exists: "it is there already", the other answer to a question
+#: a shell asks (the same code as a miss, as `mkdir` without -p has one code for both)
+EXISTS = 1
 #: unmounted (or a dead mount cleared), but closed files are still in the write-back journal
 PENDING = 3
 #: a dead mount of another file system is in the way; cachefs leaves it alone

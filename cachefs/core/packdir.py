@@ -211,8 +211,11 @@ class PackBuildOps(CoreState):
             self.stats.error("pack_seal_failed")
             raise CacheFSError(f"pack {key} not written: {e}") from e
         await self.blobs.commit(out, digest, size, crcs, durable=True)
+        # The digest in the metadata lets a retried upload recognise its own pack (packs are
+        # written only if the key is absent: remote/writeback.py _put_pack).
         op = await self._submit_and_wait(node, "put", key, digest=digest, size=size,
-                                         meta=dict(PACK_META), wait=False)
+                                         meta={**PACK_META, "cachefs-sha256": digest},
+                                         wait=False)
         self.stats.count("packs_sealed")
         summary["bytes_stored"] = size
         log.info("%s: sealed %d files into one pack (%d bytes, %d new frames, %d reused); "

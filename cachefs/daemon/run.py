@@ -50,7 +50,6 @@ from ..remote.origin import OriginClient
 from ..remote.prefetch import Prefetcher, warm
 from ..remote.writeback import WriteBack
 from ..store import Store, open_store, parse_store_url
-from ..store.local import LocalStore
 from ..tier.blobs import BlobTier
 from ..tier.db import Database
 from ..tier.listings import MetadataCache
@@ -438,8 +437,7 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
     try:
         check_mountpoint(path)
         store, prefix = open_store(config)
-        if isinstance(store, LocalStore):
-            store.ensure()
+        store.ensure()
         cache_dir = Path(config.cache_dir)
         with mount_lock(cache_dir):
             online = check_store(store, has_cache=(cache_dir / "index.db").exists())

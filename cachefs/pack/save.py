@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ..errors import InvalidArgument, unwrap_group
+from ..errors import Exists, InvalidArgument, unwrap_group
 from ..store import MIN_PART_SIZE, ObjectInfo, Store
 from ..store.multipart import MultipartUpload
 from .format import FRAME_TARGET, PackBuilder, Toc
@@ -35,14 +35,22 @@ PART_SIZE = 16 << 20
 PARTS_IN_FLIGHT = 4
 
 
+class SavedMeanwhile(Exists):
+    """The key was absent when the pack was begun, and stored by another writer before the
+    pack's own write could create it: the race was lost at the last, atomic step."""
+
+
 class MultipartSink:
     """Bytes in order (from the builder's thread) -> one object: each part that fills goes to
     the multipart uploader (store/multipart.py); a pack smaller than one part is one PUT."""
 
     def __init__(self, store: Store, key: str, metadata: Mapping[str, str], *,
                  nursery: trio.Nursery, s3: trio.CapacityLimiter,
-                 part_size: int = PART_SIZE) -> None:
+                 part_size: int = PART_SIZE, replace: bool = True) -> None:
         self.store = store
+        #: False: the last request refuses an existing key (Exists), atomically where the
+        #: store can (Store.put_new)
+        self.replace = replace
         self.key = key
         self.metadata = dict(metadata)
         self.nursery = nursery
@@ -66,13 +74,14 @@ class MultipartSink:
         if self.upload is None:
             self.upload = MultipartUpload(self.store, self.key, self.metadata,
                                           nursery=self.nursery, s3=self.s3,
-                                          in_flight=PARTS_IN_FLIGHT)
+                                          in_flight=PARTS_IN_FLIGHT, replace=self.replace)
         self.parts += 1
         await self.upload.send(self.parts, part)
 
     async def finish(self) -> ObjectInfo:
         if self.upload is None:
-            return await trio.to_thread.run_sync(self.store.put, self.key, bytes(self.buffer),
+            put = self.store.put if self.replace else self.store.put_new
+            return await trio.to_thread.run_sync(put, self.key, bytes(self.buffer),
                                                  self.metadata, limiter=self.s3)
         if self.buffer:
             await self._send(bytes(self.buffer))
@@ -139,29 +148,43 @@ def _sha256(path: Path) -> str:
 
 
 def pack_directory(root: Path, store: Store, key: str, level: int,
-                   progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+                   progress: Callable[[int], None] = lambda n: None,
+                   force: bool = False) -> dict[str, Any]:
     """Pack ``root`` into ``key``; returns a summary for the CLI (``info``: the stored object,
-    for the caller to list in its directory's manifest)."""
+    for the caller to list in its directory's manifest).
+
+    Packs are immutable: unless ``force``, an existing ``key`` raises Exists, checked before
+    any work (to fail fast) and again by the write that creates the object (atomically where
+    the store supports conditional writes), so of two runners saving one key one wins and
+    the other's upload is aborted, leaving the winner's object intact."""
     if not root.is_dir():
         raise InvalidArgument(f"{root} is not a directory")
-    return trio.run(_pack_directory, root, store, key, level, progress)
+    if not force:
+        store.conditional_writes(key)  # probed now, so a warning comes before the work
+        store.refuse_existing(key)
+    return trio.run(_pack_directory, root, store, key, level, progress, force)
 
 
 async def _pack_directory(root: Path, store: Store, key: str, level: int,
-                          progress: Callable[[int], None]) -> dict[str, Any]:
+                          progress: Callable[[int], None], force: bool) -> dict[str, Any]:
     started = time.monotonic()
     # The build walks, reads and compresses in a worker thread (and its own pool of them); the
     # parts go up from this trio thread. Nothing else uses the store meanwhile.
     s3 = trio.CapacityLimiter(PARTS_IN_FLIGHT)
     try:
         async with trio.open_nursery() as nursery:
-            sink = MultipartSink(store, key, {"cachefs-pack": "1"}, nursery=nursery, s3=s3)
+            sink = MultipartSink(store, key, {"cachefs-pack": "1"}, nursery=nursery, s3=s3,
+                                 replace=force)
             try:
                 # abandon_on_cancel: Ctrl-C ends the command at once; the abandoned build
                 # stops at its next part, as the run it would hand it to is gone.
                 toc = await trio.to_thread.run_sync(build, root, sink.write, level, progress,
                                                     abandon_on_cancel=True)
-                info = await sink.finish()
+                try:
+                    info = await sink.finish()
+                except Exists:
+                    raise SavedMeanwhile(f"{key} was stored by another writer while this pack "
+                                         "was being made") from None
             except BaseException:
                 await sink.abort()
                 raise

@@ -82,6 +82,14 @@ def add_pack_entry(store: Store, key: str, info: ObjectInfo, mode: int = 0o555) 
     store.put(mkey, render(entries), {})
 
 
+def _clobbers_pack(stored: Entry | None, name: str, entry: Entry) -> bool:
+    """Whether ``entry`` (a NAME.pack directory still being built here) would hide a pack
+    another runner has stored under that name: packs are immutable, and the store refuses
+    this mount's own pack for that key (remote/writeback.py), so the stored one stays listed."""
+    return (stored is not None and stored.get("type") == "p" and entry.get("type") == "d"
+            and name.endswith(".pack"))
+
+
 class ManifestWriter:
     """Writes changed attributes to each directory's manifest, batched and merged."""
 
@@ -194,7 +202,7 @@ class ManifestWriter:
             for name, entry in ready.items():
                 if entry is None:
                     entries.pop(name, None)
-                else:
+                elif not _clobbers_pack(entries.get(name), name, entry):
                     entries[name] = entry
             if not entries:
                 self.store.delete(key)

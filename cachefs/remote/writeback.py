@@ -28,6 +28,7 @@ import trio
 from ..errors import (
     AccessDenied,
     CacheFSError,
+    Exists,
     InvalidArgument,
     InvalidName,
     NameTooLong,
@@ -61,6 +62,7 @@ REFUSED_AFTER: dict[type[CacheFSError], int] = {
     NameTooLong: 1,
     InvalidName: 1,
     InvalidArgument: 1,
+    Exists: 1,  # a pack key another runner stored first: packs never replace each other
     AccessDenied: WAIT_ATTEMPTS,
 }
 
@@ -482,7 +484,9 @@ class WriteBack:
         # version is refused here before any request. (A key too long to exist needs no delete.)
         if op.kind != "delete":
             self.store.check_key(op.key)
-        if op.kind == "put":
+        if op.kind == "put" and "cachefs-pack" in op.meta:
+            op.info = await self._put_pack(op)
+        elif op.kind == "put":
             op.info = await self._put(op)
         elif op.kind == "delete":
             await trio.to_thread.run_sync(self.store.delete, op.key, limiter=self.s3)
@@ -500,7 +504,19 @@ class WriteBack:
             if op.kind == "move":
                 await trio.to_thread.run_sync(self.store.delete, op.src, limiter=self.s3)
 
-    async def _put(self, op: Op) -> ObjectInfo:
+    async def _put_pack(self, op: Op) -> ObjectInfo:
+        """A pack is immutable: its key is written only if absent. Finding the same pack there
+        (its SHA-256 in the metadata: an earlier attempt of this very op that succeeded though
+        its answer was lost, or a crash before the journal said done) is success."""
+        try:
+            return await self._put(op, replace=False)
+        except Exists:
+            there = await trio.to_thread.run_sync(self.store.head, op.key, limiter=self.s3)
+            if op.digest and there.metadata.get("cachefs-sha256") == op.digest:
+                return ObjectInfo(op.key, op.size, there.etag, time.time(), dict(op.meta))
+            raise
+
+    async def _put(self, op: Op, replace: bool = True) -> ObjectInfo:
         if op.digest is None:  # directory marker, or a symlink whose target is its body
             meta = dict(op.meta)
             body = meta.pop("cachefs-body", "").encode()
@@ -533,11 +549,12 @@ class WriteBack:
         try:
             if size <= MULTIPART_THRESHOLD:
                 data = await trio.to_thread.run_sync(path.read_bytes, limiter=self.disk)
-                info = await trio.to_thread.run_sync(self.store.put, op.key, data, meta,
+                put = self.store.put if replace else self.store.put_new
+                info = await trio.to_thread.run_sync(put, op.key, data, meta,
                                                      limiter=self.s3)
                 progress.done = size
             else:
-                info = await self._put_multipart(op.key, path, size, meta, progress)
+                info = await self._put_multipart(op.key, path, size, meta, progress, replace)
         finally:
             self.stats.end(progress)
             if temp is not None:
@@ -558,14 +575,14 @@ class WriteBack:
             os.close(src)
 
     async def _put_multipart(self, key: str, path: Path, size: int, meta: dict[str, str],
-                             progress: Any) -> ObjectInfo:
+                             progress: Any, replace: bool = True) -> ObjectInfo:
         def sent(n: int) -> None:
             progress.done += n
 
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return await upload_file(self.store, key, fd, size, meta, s3=self.s3,
-                                     disk=self.disk, on_sent=sent)
+                                     disk=self.disk, on_sent=sent, replace=replace)
         finally:
             os.close(fd)
 

@@ -4,6 +4,7 @@ factory that builds one from a store URL."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,8 +24,11 @@ from .base import (
 if TYPE_CHECKING:
     from ..config import Config
 
+log = logging.getLogger(__name__)
+
 __all__ = ["MAX_KEY_BYTES", "MAX_PARTS", "MIN_PART_SIZE", "ListPage", "ObjectInfo",
-           "ReadStream", "Store", "StoreLocation", "key_bytes", "open_store", "parse_store_url"]
+           "ReadStream", "Store", "StoreLocation", "key_bytes", "open_local", "open_store",
+           "parse_store_url"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,17 @@ def open_store(config: Config) -> tuple[Store, str]:
             connections=config.connections,
             timeout=config.timeout,
         ), location.prefix
-    from .local import LocalStore
+    return open_local(Path(location.bucket)), location.prefix
 
-    return LocalStore(Path(location.bucket)), location.prefix
+
+def open_local(root: Path) -> Store:
+    """A local store: a plain directory (plain.py), or one in the encoding of earlier versions
+    (local.py), read and written as it is until ``cachefs migrate-store`` converts it."""
+    from .local import LocalStore, is_legacy
+    from .plain import PlainDirStore
+
+    if is_legacy(root):
+        log.info("%s: a local store in the encoding of earlier versions, used as it is; "
+                 "`cachefs migrate-store` makes it a plain directory", root)
+        return LocalStore(root)
+    return PlainDirStore(root)

@@ -10,7 +10,7 @@ import abc
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
-from ..errors import NameTooLong
+from ..errors import Exists, NameTooLong, NotFound
 
 #: S3 refuses multipart parts smaller than this, except the last one.
 MIN_PART_SIZE = 5 << 20
@@ -68,6 +68,9 @@ class Store(abc.ABC):
     #: how the store is shown to people (never contains credentials)
     url: str
 
+    def ensure(self) -> None:  # noqa: B027 (most stores need nothing)
+        """Create what a new store needs (a local directory); S3 buckets are made elsewhere."""
+
     @abc.abstractmethod
     def check(self) -> None:
         """Raise BucketNotFound / AccessDenied / StoreUnavailable if the store cannot be used."""
@@ -123,6 +126,35 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+    # -- writes that never replace (immutable keys: packs) --------------------------------------
+
+    def conditional_writes(self, near: str = "") -> bool:
+        """Whether ``put_new``/``complete_multipart_new`` refuse an existing key atomically.
+        A store may find out with a probe (writes next to ``near``) and keep the answer."""
+        return False
+
+    def refuse_existing(self, key: str) -> None:
+        """Raise Exists if ``key`` is there: the check a store without conditional writes
+        makes (a racing writer can still slip in between it and the write)."""
+        try:
+            self.head(key)
+        except NotFound:
+            return
+        raise Exists(f"{key} already exists")
+
+    def put_new(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        """``put``, unless ``key`` exists: then Exists, and the object is left as it was."""
+        self.refuse_existing(key)
+        return self.put(key, data, metadata)
+
+    def complete_multipart_new(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
+    ) -> ObjectInfo:
+        """``complete_multipart``, unless ``key`` exists: then Exists (the upload is left for
+        the caller to abort)."""
+        self.refuse_existing(key)
+        return self.complete_multipart(key, upload_id, parts, size)
 
     @abc.abstractmethod
     def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:

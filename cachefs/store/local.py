@@ -1,4 +1,6 @@
-"""A store kept in a local directory: the embedded default, and a store for NFS-shared caches.
+"""A local store in the encoding of versions before 0.2 (new stores are plain directories,
+plain.py): still read and written, so an existing store (the embedded default among them) keeps
+working across the upgrade; ``cachefs migrate-store DIR`` converts it.
 
 Any S3 key can be stored, including a key that is also a prefix (``a`` and ``a/b``) and dir
 markers (``a/``): every key component becomes a directory named ``<component>.d`` and the last one
@@ -26,6 +28,7 @@ from ..errors import (
     AccessDenied,
     BucketNotFound,
     CacheFSError,
+    Exists,
     NameTooLong,
     NoSpace,
     NotFound,
@@ -85,6 +88,24 @@ class _FileReadStream(ReadStream):
 
     def close(self) -> None:
         self.f.close()
+
+
+#: the names an old-encoding store has in its top directory
+_LEGACY_DIRS = (".tmp", ".uploads")
+
+
+def is_legacy(root: Path) -> bool:
+    """Whether ``root`` is a store in this encoding: its ``.tmp``/``.uploads`` directories and
+    only ``*.o``/``*.d`` names. One holding no object at all is not (it is empty: a new store
+    starts plain), and neither is a directory with other names (a plain store)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return False
+    if not any((root / d).is_dir() for d in _LEGACY_DIRS):
+        return False
+    rest = [n for n in names if n not in _LEGACY_DIRS]
+    return bool(rest) and all(n.endswith((".o", ".d")) for n in rest)
 
 
 class LocalStore(Store):
@@ -220,7 +241,7 @@ class LocalStore(Store):
     # -- writing -------------------------------------------------------------------------------
 
     def _write(self, key: str, chunks: Iterator[bytes], etag: str, metadata: Mapping[str, str],
-               size: int) -> ObjectInfo:
+               size: int, replace: bool = True) -> ObjectInfo:
         path = self._path(key)
         now = time.time()
         header = json.dumps({"etag": etag, "mtime": now, "metadata": dict(metadata)}).encode()
@@ -235,15 +256,37 @@ class LocalStore(Store):
                     f.flush()
                     os.fsync(f.fileno())
                 path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, path)
+                if replace:
+                    os.replace(tmp, path)
+                else:  # link(2) never replaces: of two writers exactly one gets the name
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        raise Exists(f"{key} already exists (another writer stored it "
+                                     "first)") from None
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         return ObjectInfo(key, size, etag, now, dict(metadata))
 
     def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        return self._put(key, data, metadata)
+
+    def _put(self, key: str, data: bytes, metadata: Mapping[str, str],
+             replace: bool = True) -> ObjectInfo:
         etag = _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
-        return self._write(key, iter([data]), etag, metadata, len(data))
+        return self._write(key, iter([data]), etag, metadata, len(data), replace)
+
+    def conditional_writes(self, near: str = "") -> bool:
+        return True
+
+    def put_new(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        return self._put(key, data, metadata, replace=False)
+
+    def complete_multipart_new(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
+    ) -> ObjectInfo:
+        return self._complete(key, upload_id, parts, size, replace=False)
 
     def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str:
         self.check_key(key)  # refused now, not after every part was sent
@@ -267,6 +310,10 @@ class LocalStore(Store):
     def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
     ) -> ObjectInfo:
+        return self._complete(key, upload_id, parts, size)
+
+    def _complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int,
+                  replace: bool = True) -> ObjectInfo:
         d = self.uploads / upload_id
         try:
             meta = json.loads((d / "meta.json").read_text())
@@ -281,7 +328,7 @@ class LocalStore(Store):
                     while chunk := f.read(1 << 20):
                         yield chunk
 
-        info = self._write(key, chunks(), etag, meta["metadata"], size)
+        info = self._write(key, chunks(), etag, meta["metadata"], size, replace)
         shutil.rmtree(d, ignore_errors=True)
         return info
 

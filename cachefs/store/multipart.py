@@ -56,8 +56,11 @@ class MultipartUpload:
     def __init__(self, store: Store, key: str, metadata: Mapping[str, str], *,
                  nursery: trio.Nursery, s3: trio.CapacityLimiter,
                  disk: trio.CapacityLimiter | None = None, in_flight: int = PARTS_IN_FLIGHT,
-                 on_sent: Callable[[int], None] = lambda n: None) -> None:
+                 on_sent: Callable[[int], None] = lambda n: None, replace: bool = True) -> None:
         self.store = store
+        #: False: completing refuses a key that exists (Exists), atomically where the store
+        #: can (Store.complete_multipart_new)
+        self.replace = replace
         self.key = key
         self.metadata = dict(metadata)
         self.nursery = nursery
@@ -170,8 +173,10 @@ class MultipartUpload:
                 raise CacheFSError(f"{self.key}: parts missing from the upload "
                                    f"(have {len(numbers)}, up to {numbers[-1:]})")
             assert self.upload_id is not None
+            complete = self.store.complete_multipart if self.replace \
+                else self.store.complete_multipart_new
             info = await trio.to_thread.run_sync(
-                self.store.complete_multipart, self.key, self.upload_id,
+                complete, self.key, self.upload_id,
                 [(n, self.etags[n]) for n in numbers], size, limiter=self.s3)
         except BaseException:
             await self.abort()
@@ -194,13 +199,15 @@ class MultipartUpload:
 async def upload_file(store: Store, key: str, fd: int, size: int, metadata: Mapping[str, str],
                       *, s3: trio.CapacityLimiter, disk: trio.CapacityLimiter,
                       part_size: int = PART_SIZE, in_flight: int = PARTS_IN_FLIGHT,
-                      on_sent: Callable[[int], None] = lambda n: None) -> ObjectInfo:
-    """Upload ``size`` bytes of the open file ``fd`` as ``key``, in parts."""
+                      on_sent: Callable[[int], None] = lambda n: None,
+                      replace: bool = True) -> ObjectInfo:
+    """Upload ``size`` bytes of the open file ``fd`` as ``key``, in parts (``replace``
+    False: refuse an existing key, see MultipartUpload)."""
     part_size = part_size_for(size, part_size)
     try:
         async with trio.open_nursery() as nursery:
             upload = MultipartUpload(store, key, metadata, nursery=nursery, s3=s3, disk=disk,
-                                     in_flight=in_flight, on_sent=on_sent)
+                                     in_flight=in_flight, on_sent=on_sent, replace=replace)
             for number, offset in enumerate(range(0, size, part_size), 1):
                 upload.start(number, functools.partial(os.pread, fd, part_size, offset))
             return await upload.complete(size)

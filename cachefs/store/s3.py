@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..errors import (
     AccessDenied,
     BucketNotFound,
     CacheFSError,
+    Exists,
     InvalidArgument,
     NameTooLong,
     NotFound,
@@ -108,6 +110,24 @@ def translate(exc: BaseException, what: str) -> CacheFSError:
     if isinstance(exc, CacheFSError):
         return exc
     return StoreUnavailable(f"{what}: unexpected {type(exc).__name__}: {exc}")
+
+
+def _exists_error(e: botocore.exceptions.ClientError) -> bool:
+    """412 (the key exists) or 409 ConditionalRequestConflict (another conditional write of
+    it is in progress): either way another writer has or gets the key."""
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = str(e.response.get("Error", {}).get("Code", ""))
+    return status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+@contextlib.contextmanager
+def _refused_if_exists(key: str) -> Iterator[None]:
+    try:
+        yield
+    except botocore.exceptions.ClientError as e:
+        if _exists_error(e):
+            raise Exists(f"{key} already exists (another writer stored it first)") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -235,6 +255,8 @@ class S3Store(Store):
         self.client = boto3.session.Session().client("s3", **kwargs)
         self.region = region
         self.endpoint_url = str(self.client.meta.endpoint_url).rstrip("/")
+        #: whether the server honours If-None-Match on writes (None: not probed yet)
+        self._conditional: bool | None = None
         self.lean = not any(os.environ.get(v) for v in (
             "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"))
         self.pool = urllib3.PoolManager(
@@ -391,6 +413,71 @@ class S3Store(Store):
             except botocore.exceptions.ClientError as e:
                 if translate(e, key).__class__ is not NotFound:
                     raise
+
+    # -- writes that never replace -------------------------------------------------------------
+
+    def conditional_writes(self, near: str = "") -> bool:
+        """Probe once (per store object) whether the server honours ``If-None-Match: *`` on
+        PutObject and on CompleteMultipartUpload: write a probe object next to ``near`` (a key
+        the caller may write, so a policy limited to a prefix allows it), then try both
+        conditional writes on it again; each must be refused with 412. Any other answer means
+        the header is ignored or unknown, and writes fall back to a HEAD check."""
+        if self._conditional is None:
+            parent = near.rpartition("/")[0]
+            probe = f"{parent + '/' if parent else ''}.cachefs-probe-{uuid.uuid4().hex}"
+            try:
+                self._conditional = self._probe(probe)
+            finally:
+                with contextlib.suppress(CacheFSError):
+                    self.delete(probe)
+            if not self._conditional:
+                log.warning("%s does not honour If-None-Match on writes: an existing key is "
+                            "checked with HEAD first, which two runners racing to save the "
+                            "same key can both pass", self.endpoint_url)
+        return self._conditional
+
+    def _probe(self, key: str) -> bool:
+        with _translated(f"probing conditional writes with {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"1")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+        except botocore.exceptions.ClientError as e:
+            if not _exists_error(e):
+                return False
+        else:
+            return False
+        upload_id = self.create_multipart(key, {})
+        try:
+            etag = self.upload_part(key, upload_id, 1, b"3")
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+        except botocore.exceptions.ClientError as e:
+            return _exists_error(e)
+        finally:
+            with contextlib.suppress(CacheFSError):
+                self.abort_multipart(key, upload_id)
+        return False
+
+    def put_new(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        if not self.conditional_writes(key):
+            return super().put_new(key, data, metadata)
+        with _translated(f"PUT {key}"), _refused_if_exists(key):
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                          Metadata=dict(metadata), IfNoneMatch="*")
+        return ObjectInfo(key, len(data), str(resp.get("ETag", "")), 0.0, dict(metadata))
+
+    def complete_multipart_new(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
+    ) -> ObjectInfo:
+        if not self.conditional_writes(key):
+            return super().complete_multipart_new(key, upload_id, parts, size)
+        with _translated(f"completing multipart upload of {key}"), _refused_if_exists(key):
+            resp = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+            )
+        return ObjectInfo(key, size, str(resp.get("ETag", "")), 0.0)
 
     def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         source = self.head(src)
