@@ -12,30 +12,26 @@ and renamed, so readers see the old object or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
-import shutil
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import (
-    AccessDenied,
     BucketNotFound,
     CacheFSError,
     Exists,
     NameTooLong,
-    NoSpace,
     NotFound,
     ObjectChanged,
-    StoreUnavailable,
 )
 from .base import ListPage, ObjectInfo, ReadStream, Store, key_bytes
+from .staged import StagedMultipart, md5_etag, os_errors
 
 MAGIC = b"CFSOBJ1\n"
 _HEADER = struct.Struct(">I")
@@ -45,32 +41,6 @@ NAME_MAX = 255
 PATH_MAX = 4096
 #: every component gets one of these two suffixes on disk (``.d`` directory, ``.o`` object)
 SUFFIX_BYTES = 2
-
-
-_OS_ERRORS: dict[int, type[CacheFSError]] = {
-    errno.ENAMETOOLONG: NameTooLong,
-    errno.EACCES: AccessDenied,
-    errno.EPERM: AccessDenied,
-    errno.EROFS: AccessDenied,
-    errno.ENOSPC: NoSpace,
-    errno.EDQUOT: NoSpace,
-}
-
-
-@contextlib.contextmanager
-def _os_errors(what: str) -> Iterator[None]:
-    """Disk errors of a write as the project's own (the store raises nothing else)."""
-    try:
-        yield
-    except CacheFSError:
-        raise
-    except OSError as e:
-        cls = _OS_ERRORS.get(e.errno or 0, StoreUnavailable)
-        raise cls(f"{what}: {e.strerror or e}") from e
-
-
-def _md5_etag(data_md5: str, parts: int = 0) -> str:
-    return f'"{data_md5}-{parts}"' if parts else f'"{data_md5}"'
 
 
 class _FileReadStream(ReadStream):
@@ -108,7 +78,7 @@ def is_legacy(root: Path) -> bool:
     return bool(rest) and all(n.endswith((".o", ".d")) for n in rest)
 
 
-class LocalStore(Store):
+class LocalStore(StagedMultipart, Store):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = root.as_uri()
@@ -246,7 +216,7 @@ class LocalStore(Store):
         now = time.time()
         header = json.dumps({"etag": etag, "mtime": now, "metadata": dict(metadata)}).encode()
         tmp = self.tmp / uuid.uuid4().hex
-        with _os_errors(f"writing {key}"):
+        with os_errors(f"writing {key}"):
             self.tmp.mkdir(parents=True, exist_ok=True)
             try:
                 with tmp.open("wb") as f:
@@ -274,7 +244,7 @@ class LocalStore(Store):
 
     def _put(self, key: str, data: bytes, metadata: Mapping[str, str],
              replace: bool = True) -> ObjectInfo:
-        etag = _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
+        etag = md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
         return self._write(key, iter([data]), etag, metadata, len(data), replace)
 
     def conditional_writes(self, near: str = "") -> bool:
@@ -282,58 +252,6 @@ class LocalStore(Store):
 
     def put_new(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         return self._put(key, data, metadata, replace=False)
-
-    def complete_multipart_new(
-        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
-    ) -> ObjectInfo:
-        return self._complete(key, upload_id, parts, size, replace=False)
-
-    def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str:
-        self.check_key(key)  # refused now, not after every part was sent
-        upload_id = uuid.uuid4().hex
-        d = self.uploads / upload_id
-        with _os_errors(f"starting an upload of {key}"):
-            d.mkdir(parents=True)
-            (d / "meta.json").write_text(json.dumps({"key": key, "metadata": dict(metadata)}))
-        return upload_id
-
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        d = self.uploads / upload_id
-        if not d.is_dir():
-            raise NotFound(f"upload {upload_id} of {key}: not found")
-        tmp = d / f"{number}.tmp"
-        with _os_errors(f"part {number} of {key}"):
-            tmp.write_bytes(data)
-            os.replace(tmp, d / str(number))
-        return _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
-
-    def complete_multipart(
-        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
-    ) -> ObjectInfo:
-        return self._complete(key, upload_id, parts, size)
-
-    def _complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int,
-                  replace: bool = True) -> ObjectInfo:
-        d = self.uploads / upload_id
-        try:
-            meta = json.loads((d / "meta.json").read_text())
-        except FileNotFoundError:
-            raise NotFound(f"upload {upload_id} of {key}: not found") from None
-        digests = b"".join(bytes.fromhex(e.strip('"')) for _, e in parts)
-        etag = _md5_etag(hashlib.md5(digests, usedforsecurity=False).hexdigest(), len(parts))
-
-        def chunks() -> Iterator[bytes]:
-            for number, _ in parts:
-                with (d / str(number)).open("rb") as f:
-                    while chunk := f.read(1 << 20):
-                        yield chunk
-
-        info = self._write(key, chunks(), etag, meta["metadata"], size, replace)
-        shutil.rmtree(d, ignore_errors=True)
-        return info
-
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        shutil.rmtree(self.uploads / upload_id, ignore_errors=True)
 
     def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         with self.open_read(src) as stream:
@@ -351,7 +269,7 @@ class LocalStore(Store):
             path = self._found_path(key)
         except NotFound:
             return  # deleting what is not there is fine
-        with _os_errors(f"deleting {key}"), contextlib.suppress(FileNotFoundError):
+        with os_errors(f"deleting {key}"), contextlib.suppress(FileNotFoundError):
             path.unlink()
         # Prune directories left empty, so the prefix disappears from listings as in S3.
         parent = path.parent

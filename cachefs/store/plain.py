@@ -37,7 +37,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,7 +50,8 @@ from ..errors import (
     ObjectChanged,
 )
 from .base import ListPage, ObjectInfo, ReadStream, Store, key_bytes
-from .local import NAME_MAX, PAGE, PATH_MAX, _FileReadStream, _md5_etag, _os_errors
+from .local import NAME_MAX, PAGE, PATH_MAX, _FileReadStream
+from .staged import StagedMultipart, md5_etag, os_errors
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ INTERNAL = ".cachefs-store"
 #: the extended attribute holding an object's ETag and metadata, with the stat it belongs to
 XATTR = "user.cachefs"
 #: the ETag of an empty body (directory markers)
-EMPTY_ETAG = _md5_etag(hashlib.md5(b"", usedforsecurity=False).hexdigest())
+EMPTY_ETAG = md5_etag(hashlib.md5(b"", usedforsecurity=False).hexdigest())
 
 
 def _stamp(st: os.stat_result) -> list[int]:
@@ -87,7 +88,7 @@ def _regular_mode(value: str | None) -> bool:
         return False
 
 
-class PlainDirStore(Store):
+class PlainDirStore(StagedMultipart, Store):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = root.as_uri()
@@ -298,7 +299,7 @@ class PlainDirStore(Store):
 
     def _write_marker(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         parts = self._parts(key)
-        with _os_errors(f"writing {key}"):
+        with os_errors(f"writing {key}"):
             self._make_parents(key, parts)
             path = self.root.joinpath(*parts)
             try:
@@ -308,6 +309,9 @@ class PlainDirStore(Store):
                     raise self._conflict(key, f"{key.rstrip('/')} is a file") from None
             self._set_record(path, {"meta": dict(metadata)})
         return ObjectInfo(key, 0, EMPTY_ETAG, time.time(), dict(metadata))
+
+    def _check_upload_key(self, key: str) -> None:
+        self._parts(key)  # also refuses a key that a file or directory in the way blocks
 
     def _write(self, key: str, chunks: Iterator[bytes], etag: str | None,
                metadata: Mapping[str, str], size: int, replace: bool = True) -> ObjectInfo:
@@ -321,7 +325,7 @@ class PlainDirStore(Store):
         parts = self._parts(key)
         path = self.root.joinpath(*parts)
         tmp = self.tmp / uuid.uuid4().hex
-        with _os_errors(f"writing {key}"):
+        with os_errors(f"writing {key}"):
             self.tmp.mkdir(parents=True, exist_ok=True)
             try:
                 md5 = hashlib.md5(usedforsecurity=False) if etag is None else None
@@ -332,7 +336,7 @@ class PlainDirStore(Store):
                             md5.update(chunk)
                     f.flush()
                     if md5 is not None:
-                        etag = _md5_etag(md5.hexdigest())
+                        etag = md5_etag(md5.hexdigest())
                     self._apply_attrs(f.fileno(), metadata)
                     os.fsync(f.fileno())
                     st = os.fstat(f.fileno())
@@ -386,65 +390,13 @@ class PlainDirStore(Store):
 
     def _put(self, key: str, data: bytes, metadata: Mapping[str, str],
              replace: bool = True) -> ObjectInfo:
-        etag = _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
+        etag = md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
         return self._write(key, iter([data]), etag, metadata, len(data), replace)
 
     def import_object(self, key: str, chunks: Iterator[bytes], info: ObjectInfo) -> None:
         """Store an object read from another store with its ETag and metadata kept
         (``cachefs migrate-store``: caches keyed by ETag stay valid)."""
         self._write(key, chunks, info.etag, info.metadata, info.size, replace=False)
-
-    def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str:
-        self._parts(key)  # refused now, not after every part was sent
-        upload_id = uuid.uuid4().hex
-        d = self.uploads / upload_id
-        with _os_errors(f"starting an upload of {key}"):
-            d.mkdir(parents=True)
-            (d / "meta.json").write_text(json.dumps({"key": key, "metadata": dict(metadata)}))
-        return upload_id
-
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        d = self.uploads / upload_id
-        if not d.is_dir():
-            raise NotFound(f"upload {upload_id} of {key}: not found")
-        tmp = d / f"{number}.tmp"
-        with _os_errors(f"part {number} of {key}"):
-            tmp.write_bytes(data)
-            os.replace(tmp, d / str(number))
-        return _md5_etag(hashlib.md5(data, usedforsecurity=False).hexdigest())
-
-    def complete_multipart(
-        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
-    ) -> ObjectInfo:
-        return self._complete(key, upload_id, parts, size)
-
-    def complete_multipart_new(
-        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int
-    ) -> ObjectInfo:
-        return self._complete(key, upload_id, parts, size, replace=False)
-
-    def _complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], size: int,
-                  replace: bool = True) -> ObjectInfo:
-        d = self.uploads / upload_id
-        try:
-            meta = json.loads((d / "meta.json").read_text())
-        except FileNotFoundError:
-            raise NotFound(f"upload {upload_id} of {key}: not found") from None
-        digests = b"".join(bytes.fromhex(e.strip('"')) for _, e in parts)
-        etag = _md5_etag(hashlib.md5(digests, usedforsecurity=False).hexdigest(), len(parts))
-
-        def chunks() -> Iterator[bytes]:
-            for number, _ in parts:
-                with (d / str(number)).open("rb") as f:
-                    while chunk := f.read(1 << 20):
-                        yield chunk
-
-        info = self._write(key, chunks(), etag, meta["metadata"], size, replace)
-        shutil.rmtree(d, ignore_errors=True)
-        return info
-
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        shutil.rmtree(self.uploads / upload_id, ignore_errors=True)
 
     def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         with self.open_read(src) as stream:
@@ -464,7 +416,7 @@ class PlainDirStore(Store):
             path = self._found_path(key)
         except NotFound:
             return
-        with _os_errors(f"deleting {key}"):
+        with os_errors(f"deleting {key}"):
             if key.endswith("/"):
                 with contextlib.suppress(OSError):
                     os.removexattr(path, XATTR)
