@@ -158,22 +158,23 @@ class Prefetcher:
             parent = current.parent
             children = await self.ns.children(parent)
             later = sorted(name for name in children if name > current.name)
-            for name in later:
-                child = children.get(name)
-                if child is None:
-                    continue
-                if child.kind is Kind.FILE:
-                    yield child
-                elif child.kind is Kind.DIR:
-                    async for below in tree_files(self.ns, child):
-                        yield below
+            async for file in _files_of(self.ns, children, later):
+                yield file
             current = parent
 
 
 async def tree_files(ns: Namespace, directory: Node) -> AsyncIterator[Node]:
     """Every file below ``directory``, in tree order, listing directories as needed."""
     children = await ns.children(directory)
-    for name in sorted(children):
+    async for file in _files_of(ns, children, sorted(children)):
+        yield file
+
+
+async def _files_of(ns: Namespace, children: dict[str, Node],
+                    names: list[str]) -> AsyncIterator[Node]:
+    """The files among ``names`` of ``children`` and below them, in tree order (a name that
+    went away meanwhile is skipped)."""
+    for name in names:
         child = children.get(name)
         if child is None:
             continue
