@@ -231,8 +231,9 @@ def test_parallel_writers(seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> 
     procs += [subprocess.Popen(["python3", "-c", script, m.path / "same", str(100 + i)],
                                stderr=subprocess.PIPE, text=True) for i in range(8)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert all(p.returncode == 0 for p in procs), [(p.returncode, e) for p, e in
-                                                   zip(procs, errors, strict=True)]
+    failed = [(i, p.returncode, e) for i, (p, e) in enumerate(zip(procs, errors, strict=True))
+              if p.returncode != 0]
+    assert not failed, f"writers that failed (index, exit code, stderr): {failed}\n{m.log()}"
     for i in range(8):
         assert get(seaweed, bucket, f"distinct{i}") == bytes([i]) * (2 << 20)
     stored = get(seaweed, bucket, "same")
