@@ -11,7 +11,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
-from .nodes import Kind, Node
+from .nodes import Kind, Node, PackDir
 
 SYMLINK = "symlink"
 
@@ -62,7 +62,7 @@ def manifest_entry(node: Node) -> dict[str, Any]:
     }
     if node.atime_ns is not None:
         entry["atime_ns"] = node.atime_ns
-    if node.pack is True:  # a pack object, shown as a directory
+    if node.pack_dir is PackDir.PACK:  # a pack object, shown as a directory
         entry.update(type="p", etag=node.etag, size=node.size)
     elif node.kind is not Kind.DIR:
         entry["etag"] = node.etag
@@ -80,9 +80,11 @@ def apply_manifest_entry(node: Node, entry: Mapping[str, Any]) -> bool:
     """Apply a manifest entry if it describes this version of the node. Returns whether it did."""
     kind = entry.get("type")
     if kind == "p":  # a pack object: shown as a read-only directory
-        if node.pack is not True and (node.kind is Kind.DIR or entry.get("etag") != node.etag):
+        if node.pack_dir is not PackDir.PACK and \
+                (node.kind is Kind.DIR or entry.get("etag") != node.etag):
             return False
-        node.kind, node.pack, node.children = Kind.DIR, True, None
+        node.kind, node.pack_dir, node.children = Kind.DIR, PackDir.PACK, None
+
     elif node.kind is Kind.DIR:
         if kind != "d":
             return False

@@ -24,6 +24,26 @@ ROOT_INO = 1
 NEVER = -math.inf
 
 
+class PackDir(enum.Enum):
+    """What a directory that is, or is becoming, a pack shows (``Node.pack_dir``)."""
+
+    #: a pack object: its tree comes from the pack's table of contents (read-only)
+    PACK = "pack"
+    #: a .tar.zst archive shown as a read-only directory
+    TARZST = "tar.zst"
+    #: a NAME.pack being written here, or a writable layer over a mounted pack
+    BUILDING = "building"
+    #: being sealed into one pack and uploaded: read-only until the store has it
+    SEALING = "sealing"
+
+
+class PackEntry:
+    """Where a file's bytes are inside a mounted pack (``Node.pack_file``). The base layer only
+    needs to know that a file has one; pack.mounted.PackFile is the only kind."""
+
+    __slots__ = ()
+
+
 class Kind(enum.IntEnum):
     FILE = 1
     DIR = 2
@@ -75,10 +95,10 @@ class Node:
     attrs_from: str = "default"
     #: origin URL for a file the store lacks but an origin has
     origin_url: str | None = None
-    #: packs: True on a directory that is a pack object (its tree comes from the pack's table
-    #: of contents), "tar.zst" on one that is a .tar.zst archive; a packs.PackFile on a file
-    #: inside either
-    pack: Any = None
+    #: set on a directory that is a pack, an archive, or a NAME.pack being built
+    pack_dir: PackDir | None = None
+    #: set on a file shown from a mounted pack (or archive) whose bytes are still the pack's
+    pack_file: PackEntry | None = None
     # directories
     children: dict[str, Node] | None = None
     #: trio clock of the last listing: NEVER (list at the next access) or inf (never listed:
@@ -136,7 +156,8 @@ class Node:
 
     @property
     def is_pack_dir(self) -> bool:
-        return self.kind is Kind.DIR and (self.pack is True or self.pack == "tar.zst")
+        return self.kind is Kind.DIR and self.pack_dir in (PackDir.PACK, PackDir.TARZST)
+
 
     @property
     def st_mode(self) -> int:

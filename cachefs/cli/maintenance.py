@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from ..daemon.lock import cache_dir_lock
-from ..remote.writeback import JOURNAL, pending_records
+from ..remote.journal import JOURNAL, pending_records
 from ..tier.blobs import BlobTier, digest_path
 from ..tier.db import Database
 

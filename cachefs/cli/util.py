@@ -169,7 +169,7 @@ def clear_dead_mount(path: Path) -> ClearedMount | None:
     record = mountrec.read(path)
     pending = None
     if record is not None:
-        from ..remote.writeback import JOURNAL, pending_records
+        from ..remote.journal import JOURNAL, pending_records
 
         pending = pending_records(Path(record.cache_dir) / JOURNAL)
         mountrec.remove(path)

@@ -13,15 +13,14 @@ import contextlib
 import dataclasses
 import errno
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from ..errors import ChecksumMismatch
 from ..nodes import Node
-from ..remote.fetch import Fetch, ReadTheBlob
+from ..pack.mounted import PackFileReader
+from ..remote.fetch import Fetch
 from ..tier.blobs import BlobReader, DigestBuilder
 
 
@@ -56,7 +55,7 @@ class Staging:
     #: readers following this content (ReadHandle.follow): the fd stays open while they read
     readers: int = 0
     #: opened without O_TRUNC and not changed yet: the content is still this blob's, not
-    #: copied in (a blobs.BlobReader; see WriteOps._materialize)
+    #: copied in (a blobs.BlobReader; see Writes.materialize)
     lazy: Any = None
     #: the last writer let go; the fd closes when the last reader does
     retired: bool = False
@@ -101,25 +100,21 @@ class Staging:
 
 
 class ReadHandle:
-    """Reads one version of a file: from a verified blob, or from a fetch until it completes."""
+    """One version of a file being read: from a verified blob (or a pack file), from a fetch
+    until it completes, or, while a writer has the file open, from its staging file.
 
-    def __init__(self, node: Node, *, reader: BlobReader | None = None,
-                 fetch: Fetch | None = None, staging: Staging | None = None,
-                 reopen: Callable[[], Awaitable[ReadHandle]] | None = None,
-                 open_blob: Callable[[str], BlobReader] | None = None,
-                 on_corrupt: Callable[[str], Awaitable[None]] | None = None,
-                 timeout: float = 30.0, disk: trio.CapacityLimiter | None = None) -> None:
+    It holds where the bytes are; core/read.py decides what to do when that changes (a fetch
+    completes, a blob fails its check).
+    """
+
+    def __init__(self, node: Node, disk: trio.CapacityLimiter) -> None:
         self.node = node
-        self.reader = reader
-        self.fetch = fetch
-        self.staging = staging
-        self.reopen = reopen
-        self.open_blob = open_blob
-        self.on_corrupt = on_corrupt
-        self.timeout = timeout
         self.disk = disk
-        #: the content this handle reads (fs.content_token at open): handles of one node that
-        #: read different versions must not share the kernel's page cache
+        self.reader: BlobReader | PackFileReader | None = None
+        self.fetch: Fetch | None = None
+        self.staging: Staging | None = None
+        #: the content this handle reads (Reads.content_token at open): handles of one node
+        #: that read different versions must not share the kernel's page cache
         self.version: object = None
         #: opened while another version is being read or written: bypass the page cache
         self.direct_io = False
@@ -131,7 +126,10 @@ class ReadHandle:
         staging.readers += 1
         self.staging = staging
 
-    async def _read_staging(self, staging: Staging, offset: int, size: int) -> bytes:
+    async def read_staging(self, offset: int, size: int) -> bytes:
+        """What writers of the file have written so far."""
+        staging = self.staging
+        assert staging is not None
         current = self.node.staging
         if current is not None and current is not staging and not current.broken and \
                 current.base is not None and current.base == staging.shows:
@@ -142,55 +140,17 @@ class ReadHandle:
             staging = current
         if staging.broken:
             raise OSError(errno.EIO, f"{staging.broken} (this reader saw it being written)")
-        assert self.disk is not None
         # Under the writers' lock: an unseal swaps the fd, and no read sees half a write.
         async with staging.lock:
             return await staging.pread(size, offset, self.disk)
 
-    async def read(self, offset: int, size: int) -> bytes:
-        if self.staging is not None:
-            return await self._read_staging(self.staging, offset, size)
-        for _ in range(3):
-            if self.fetch is not None and self.fetch.digest is not None and self.open_blob:
-                # The fetch finished: read the verified blob from now on.
-                with contextlib.suppress(OSError, KeyError):
-                    self.reader = self.open_blob(self.fetch.digest)
-                    if self.node.etag == self.fetch.etag:
-                        self.node.digest = self.fetch.digest
-                    self.fetch = None
-            if self.reader is not None:
-                try:
-                    return await self.reader.read(offset, size)
-                except ChecksumMismatch as e:
-                    digest = self.reader.digest
-                    self.reader.close()
-                    self.reader = None
-                    if self.on_corrupt:
-                        await self.on_corrupt(digest)
-                    if self.reopen is None:
-                        raise
-                    fresh = await self.reopen()
-                    if fresh.reader is None and fresh.fetch is None:
-                        raise e
-                    self.reader, self.fetch = fresh.reader, fresh.fetch
-                    continue
-            if self.fetch is not None:
-                if self.fetch.closed and self.fetch.digest is None:
-                    raise self.fetch.error or ChecksumMismatch(f"{self.fetch.key}: fetch failed")
-                if not self.fetch.closed:
-                    assert self.disk is not None
-                    try:
-                        return await self.fetch.read(offset, size, self.timeout, self.disk)
-                    except ReadTheBlob:
-                        continue  # the fetch has its digest now: the blob is read instead
-                continue
-            return b""
-        raise ChecksumMismatch(f"{self.node.name}: content kept failing verification")
-
-    def close(self) -> None:
+    def drop_reader(self) -> None:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+
+    def close(self) -> None:
+        self.drop_reader()
         self.fetch = None
         if self.staging is not None:
             self.staging.unpin()
@@ -214,3 +174,36 @@ class WriteHandle:
 
     def close(self) -> None:
         pass
+
+
+class OpenFiles:
+    """The open handles by number (the ``fh`` the kernel passes back), and their counts."""
+
+    def __init__(self) -> None:
+        self.handles: dict[int, ReadHandle | WriteHandle] = {}
+        self._next = 1
+
+    def add(self, handle: ReadHandle | WriteHandle) -> int:
+        fh = self._next
+        self._next += 1
+        self.handles[fh] = handle
+        if isinstance(handle, ReadHandle):
+            handle.node.readers += 1
+        return fh
+
+    def get(self, fh: int) -> ReadHandle | WriteHandle | None:
+        return self.handles.get(fh)
+
+    def pop(self, fh: int) -> ReadHandle | WriteHandle | None:
+        return self.handles.pop(fh, None)
+
+    def writers(self) -> list[WriteHandle]:
+        return [h for h in self.handles.values() if isinstance(h, WriteHandle)]
+
+    def reads_other_version(self, node: Node, version: object) -> bool:
+        """Whether a handle reads another version of ``node`` than ``version``."""
+        return any(isinstance(h, ReadHandle) and h.node is node and h.version != version
+                   for h in self.handles.values())
+
+    def __len__(self) -> int:
+        return len(self.handles)

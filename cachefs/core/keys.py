@@ -9,26 +9,23 @@ the longest key cachefs itself puts in it; a directory rename checks every key b
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import trio
 
-from ..errors import NotPermitted
 from ..names import MANIFEST_NAME
 from ..nodes import Kind, Node
+from ..remote.namespace import Namespace
 from ..store import key_bytes
-from .packdir import PackBuildOps
+from .options import Limiters
+from .packdir import Layers
 
 
-class KeyChecks(PackBuildOps):
-    if TYPE_CHECKING:  # defined by the other parts of the core
-        async def create(self, parent: Node, name: str, mode: int, flags: int,
-                         uid: int, gid: int) -> tuple[Node, int]: ...
-        async def flush(self, fh: int) -> None: ...
-        async def _absent(self, parent: Node, name: str) -> None: ...
+class KeyChecks:
+    def __init__(self, *, ns: Namespace, layers: Layers, limits: Limiters) -> None:
+        self.ns = ns
+        self.layers = layers
+        self.limits = limits
 
     def _check_keys(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -37,7 +34,7 @@ class KeyChecks(PackBuildOps):
     def check_new_entry(self, parent: Node, name: str, kind: Kind) -> None:
         """NameTooLong if a new ``kind`` named ``name`` in ``parent`` could not be stored.
         Below a NAME.pack being built nothing becomes a key: the pack holds it."""
-        if self.building_of(parent) is not None:
+        if self.layers.building_of(parent) is not None:
             return
         self._check_keys(entry_keys(self.ns.dir_prefix(parent) + name, kind))
 
@@ -46,8 +43,10 @@ class KeyChecks(PackBuildOps):
         """NameTooLong, before anything moves, if any key the rename makes would be too long:
         the new name's own, and for a directory every key below it after the move."""
         node = await self.ns.lookup(old_parent, old_name)
+        building = self.layers.building_of
         if node is None or new_parent is node or node in new_parent.ancestors() or \
-                self.building_of(node) is not None or self.building_of(new_parent) is not None:
+                building(node) is not None or building(new_parent) is not None:
+
             return  # not found, into itself, or inside a NAME.pack: the rename itself answers
         new_base = self.ns.dir_prefix(new_parent) + new_name
         self._check_keys(entry_keys(new_base, node.kind))
@@ -61,22 +60,6 @@ class KeyChecks(PackBuildOps):
         below = {obj.key[len(old_prefix):] for obj in listing.objects}
         below.update(local_keys_below(node))
         self._check_keys(new_prefix + rest for rest in sorted(below, key=len, reverse=True))
-
-    async def mknod(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
-        """mknod(2): a regular file is created empty; FIFOs, sockets and devices have no
-        object to be in a store, so they are refused (EPERM), after the name's own checks."""
-        self._check_writable(parent)
-        await self._absent(parent, name)
-        self.check_new_entry(parent, name, Kind.FILE)
-        if not stat.S_ISREG(mode):
-            raise NotPermitted(f"{name}: only regular files, directories and symlinks can be "
-                               "stored (not FIFOs, sockets or devices)")
-        node, fh = await self.create(parent, name, mode, os.O_WRONLY, uid, gid)
-        try:
-            await self.flush(fh)
-        finally:
-            await self.release(fh)
-        return node
 
 
 def entry_keys(base: str, kind: Kind) -> tuple[str, ...]:

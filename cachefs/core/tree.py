@@ -1,10 +1,13 @@
-"""The filesystem core, the tree: create, mkdir, symlink, unlink, rmdir, rename (see state.py)."""
+"""The filesystem core, the tree: lookups, and create, mkdir, symlink, mknod, unlink, rmdir,
+rename. Each change goes to the store first (in sync mode) and shows here after; below a
+NAME.pack being built it is logged for the pack instead (packdir.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import stat
 from typing import Any
 
 import trio
@@ -18,128 +21,175 @@ from ..errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    NotPermitted,
 )
-from ..nodes import Kind, Node, now_ns
+from ..nodes import InodeTable, Kind, Node, PackDir, now_ns
 from ..pack import build as packbuild
-from ..remote.manifest import manifest_key
+from ..pack import tarzst as tarpack
+from ..remote.fallback import OriginFallback
+from ..remote.manifest import ManifestWriter, manifest_key
+from ..remote.namespace import Namespace
+from ..tier.listings import MetadataCache
+from .access import Access
+from .entries import Entries
+from .handles import OpenFiles, WriteHandle
 from .keys import KeyChecks
-from .packdir import BUILDING, Building
+from .options import Limiters, Options
+from .packdir import Building, Layers
+from .uploads import Item, Uploads
+from .write import Writes
 
 log = logging.getLogger(__name__)
 
 
-class TreeOps(KeyChecks):
+class Tree:
+    def __init__(self, *, ns: Namespace, table: InodeTable, layers: Layers, entries: Entries,
+                 access: Access, writes: Writes, uploads: Uploads, files: OpenFiles,
+                 manifests: ManifestWriter, metadata: MetadataCache,
+                 origins: OriginFallback | None, limits: Limiters, opts: Options) -> None:
+        self.ns = ns
+        self.table = table
+        self.layers = layers
+        self.entries = entries
+        self.access = access
+        self.writes = writes
+        self.uploads = uploads
+        self.files = files
+        self.manifests = manifests
+        self.metadata = metadata
+        self.origins = origins
+        self.limits = limits
+        self.opts = opts
+        self.keys = KeyChecks(ns=ns, layers=layers, limits=limits)
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        """The child ``name``, or None (a negative entry the kernel may cache)."""
+        if name == ".":
+            return parent
+        if name == "..":
+            return parent.parent or parent
+        node = await self.ns.lookup(parent, name)
+        if node is None and name.endswith(tarpack.DIR_SUFFIX):
+            node = self._archive_dir(parent, name)
+        if node is None and self.origins is not None:
+            node = await self.origins.probe(parent, name)
+        return node
+
+    def _archive_dir(self, parent: Node, name: str) -> Node | None:
+        """``X.tar.zst.d``: the archive ``X.tar.zst`` next to it, as a read-only directory."""
+        archive = (parent.children or {}).get(name[:-2])
+        if archive is None or archive.kind is not Kind.FILE or archive.etag is None:
+            return None
+        assert parent.children is not None
+        node = self.table.new(Kind.DIR, name, parent, mode=0o555, etag=archive.etag,
+                              size=archive.size, pack_dir=PackDir.TARZST,
+                              mtime_ns=archive.mtime_ns)
+        parent.children[name] = node
+        return node
+
+    async def readdir(self, directory: Node) -> list[tuple[str, Node]]:
+        children = await self.ns.children(directory)
+        return sorted(children.items())
+
+    async def readlink(self, node: Node) -> str:
+        if node.kind is not Kind.LINK or node.target is None:
+            raise InvalidArgument(f"{node.describe()} is not a symlink")
+        return node.target
+
+    # -- changes -------------------------------------------------------------------------------
+
     async def _absent(self, parent: Node, name: str) -> None:
         if await self.ns.lookup(parent, name) is not None:
             raise Exists(f"{parent.describe()}/{name}".lstrip("/"))
 
-    def _attach(self, parent: Node, node: Node) -> None:
-        assert parent.children is not None
-        replaced = parent.children.get(node.name)
-        parent.children[node.name] = node
-        if replaced is not None and replaced is not node:  # one node per name, always
-            self.table.detach(replaced)
-            self.ns.notifier.entry_removed(parent.ino, node.name, replaced.ino)
-        self._note(parent, node.name)
-        parent.touch()
-
-    def _note(self, parent: Node, name: str) -> None:
-        """``parent``'s entry ``name`` changed: its manifest and the listing cache follow
-        (not below a NAME.pack being built: that tree is only ever stored as the pack), and
-        no listing that began earlier may undo it."""
-        self.ns.local_change(parent, name)
-        if self.building_of(parent) is None:
-            self.manifests.mark(parent.path(), name)
-            self.metadata.mark(parent)
-
     async def create(self, parent: Node, name: str, mode: int, flags: int,
                      uid: int, gid: int) -> tuple[Node, int]:
-        self._check_writable(parent)
+        """A new file, open for writing; returns it and its handle number."""
+        node, handle = await self._create(parent, name, mode, flags, uid, gid)
+        return node, self.files.add(handle)
+
+    async def _create(self, parent: Node, name: str, mode: int, flags: int,
+                      uid: int, gid: int) -> tuple[Node, WriteHandle]:
+        self.access.check_writable(parent)
         with self.ns.reserving((parent, name)):
             await self._absent(parent, name)
-            self.check_new_entry(parent, name, Kind.FILE)
+            self.keys.check_new_entry(parent, name, Kind.FILE)
             node = self.table.new(Kind.FILE, name, parent, mode=mode & 0o7777, uid=uid,
                                   gid=gid, mtime_ns=now_ns(), source="local",
                                   attrs_from="local")
-            node.staging = await self._new_staging(node, copy=False)
-            self._attach(parent, node)
-        handle = await self._open_write(node, truncate=False,
+            node.staging = await self.writes.new_staging(node, copy=False)
+            self.entries.attach(parent, node)
+        handle = await self.writes.open(node, truncate=False,
                                         readable=(flags & os.O_ACCMODE) == os.O_RDWR)
         handle.dirty = node.staging.dirty = True  # an empty file is still a file to store
-        return node, self._add_handle(handle)
+        return node, handle
 
     async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
-        self._check_writable(parent)
+        self.access.check_writable(parent)
         with self.ns.reserving((parent, name)):
             return await self._mkdir(parent, name, mode, uid, gid)
 
     async def _mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         await self._absent(parent, name)
-        self.check_new_entry(parent, name, Kind.DIR)
+        self.keys.check_new_entry(parent, name, Kind.DIR)
         node = self.table.new(Kind.DIR, name, parent, mode=mode & 0o7777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), children={}, listed_at=self.ns.clock(),
                               attrs_from="local")
-        building = self.building_of(parent)
+        building = self.layers.building_of(parent)
         if building is not None or packbuild.is_pack_name(name):
             node.listed_at = float("inf")  # lives here only until sealed: never listed
             if building is None:
-                await self.build_start(node)
-            self._attach(parent, node)
+                await self.layers.build_start(node)
+            self.entries.attach(parent, node)
             if building is not None:
-                await self.build_put(building, node)
+                await self.layers.build_put(building, node)
             return node
         marker = self.ns.dir_prefix(parent) + name + "/"
-        await self._submit_and_wait(None, "put", marker,
+        await self.uploads.submit(None, "put", marker,
                                     meta=attrs_mod.object_metadata(node))
-        self._attach(parent, node)
+        self.entries.attach(parent, node)
         return node
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
-        self._check_writable(parent)
+        self.access.check_writable(parent)
         with self.ns.reserving((parent, name)):
             return await self._symlink(parent, name, target, uid, gid)
 
     async def _symlink(self, parent: Node, name: str, target: str, uid: int, gid: int) -> Node:
         await self._absent(parent, name)
-        self.check_new_entry(parent, name, Kind.LINK)
+        self.keys.check_new_entry(parent, name, Kind.LINK)
         node = self.table.new(Kind.LINK, name, parent, mode=0o777, uid=uid, gid=gid,
                               mtime_ns=now_ns(), target=target, size=len(target.encode()),
                               source="local", attrs_from="local")
-        building = self.building_of(parent)
+        building = self.layers.building_of(parent)
         if building is not None:
-            self._attach(parent, node)
-            await self.build_put(building, node)
+            self.entries.attach(parent, node)
+            await self.layers.build_put(building, node)
             return node
         meta = attrs_mod.object_metadata(node)
         meta["cachefs-body"] = target
-        await self._submit_and_wait(node, "put", self.ns.key(node), meta=meta)
-        self._attach(parent, node)
+        await self.uploads.submit(node, "put", self.ns.key(node), meta=meta)
+        self.entries.attach(parent, node)
         return node
 
     async def unlink(self, parent: Node, name: str) -> None:
-        self._check_writable(parent)
+        self.access.check_writable(parent)
         node = await self.ns.lookup(parent, name)
         if node is None:
             raise NotFound(name)
         if node.kind is Kind.DIR:
             raise IsADirectory(name)
-        building = self.building_of(parent)
+        building = self.layers.building_of(parent)
         if building is not None:
-            await self.build_remove(building, node)
+            await self.layers.build_remove(building, node)
         else:
-            await self._submit_and_wait(None, "delete", self.ns.key(node))
-        self._remove(parent, name, node)
-
-    def _remove(self, parent: Node, name: str, node: Node) -> None:
-        assert parent.children is not None
-        if parent.children.get(name) is node:
-            del parent.children[name]
-        self.table.detach(node)
-        self._note(parent, name)
-        parent.touch()
+            await self.uploads.submit(None, "delete", self.ns.key(node))
+        self.entries.remove(parent, name, node)
 
     async def rmdir(self, parent: Node, name: str) -> None:
-        self._check_writable(parent)
+        self.access.check_writable(parent)
         node = await self.ns.lookup(parent, name)
         if node is None:
             raise NotFound(name)
@@ -147,34 +197,34 @@ class TreeOps(KeyChecks):
             raise NotADirectory(name)
         if await self.ns.children(node):
             raise NotEmpty(name)
-        if node.pack == BUILDING:  # an empty NAME.pack: nothing was stored, nothing to seal
-            dropped = self.building.pop(node.ino, None)
+        if node.pack_dir is PackDir.BUILDING:  # an empty NAME.pack: nothing stored or sealed
+            dropped = self.layers.building.pop(node.ino, None)
             if dropped is not None and dropped.log is not None:
                 await trio.to_thread.run_sync(dropped.log.discard, limiter=self.limits.disk)
-            self._remove(parent, name, node)
+            self.entries.remove(parent, name, node)
             return
-        building = self.building_of(parent)
+        building = self.layers.building_of(parent)
         if building is not None:
-            await self.build_remove(building, node)
-            self._remove(parent, name, node)
+            await self.layers.build_remove(building, node)
+            self.entries.remove(parent, name, node)
             return
         prefix = self.ns.dir_prefix(node)
-        await self._submit_and_wait(None, "delete", manifest_key(self.ns.prefix, node.path()))
-        await self._submit_and_wait(None, "delete", prefix)
+        await self.uploads.submit(None, "delete", manifest_key(self.ns.prefix, node.path()))
+        await self.uploads.submit(None, "delete", prefix)
         self.metadata.drop(node.path())
-        self._remove(parent, name, node)
+        self.entries.remove(parent, name, node)
 
     async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
                      noreplace: bool = False) -> None:
-        self._check_writable(old_parent, new_parent)
-        await self.check_rename_keys(old_parent, old_name, new_parent, new_name)
+        self.access.check_writable(old_parent, new_parent)
+        await self.keys.check_rename_keys(old_parent, old_name, new_parent, new_name)
         node = await self.ns.lookup(old_parent, old_name)
         if node is None:
             raise NotFound(old_name)
         if new_parent is node or node in new_parent.ancestors():
             raise InvalidArgument("cannot move a directory into itself")
-        self.check_same_layer(old_parent, new_parent, node)
-        building = self.building_of(node)
+        self.layers.check_same_layer(old_parent, new_parent, node)
+        building = self.layers.building_of(node)
         if building is not None:
             await self._rename_in_build(building, old_parent, old_name, node, new_parent,
                                         new_name, noreplace)
@@ -199,13 +249,13 @@ class TreeOps(KeyChecks):
         else:
             await self._rename_file(node, new_base)
         if target is not None and target.kind is not Kind.DIR:
-            self._remove(new_parent, new_name, target)
+            self.entries.remove(new_parent, new_name, target)
         old_path = node.path()
         self._move_node(old_parent, old_name, node, new_parent, new_name)
         if node.kind is Kind.DIR:
             self.metadata.drop(old_path)
             self.manifests.moved(old_path, node.path())
-            self._mark_tree(node)
+            self.entries.mark_tree(node)
 
     async def _rename_target(self, node: Node, new_parent: Node, new_name: str,
                              noreplace: bool) -> Node | None:
@@ -232,30 +282,18 @@ class TreeOps(KeyChecks):
         if target is node:
             return
         if target is not None:
-            await self.build_remove(b, target)
-            self._remove(new_parent, new_name, target)
-        old_rel = self._rel(b, node)
+            await self.layers.build_remove(b, target)
+            self.entries.remove(new_parent, new_name, target)
+        old_rel = self.layers.rel(b, node)
         self._move_node(old_parent, old_name, node, new_parent, new_name)
-        await self.build_moved(b, node, old_rel)
+        await self.layers.build_moved(b, node, old_rel)
 
     def _move_node(self, old_parent: Node, old_name: str, node: Node, new_parent: Node,
                    new_name: str) -> None:
-        assert old_parent.children is not None and new_parent.children is not None
-        if old_parent.children.get(old_name) is node:
-            del old_parent.children[old_name]
-        self._note(old_parent, old_name)
-        old_parent.touch()
+        self.entries.detach_name(old_parent, old_name, node)
         node.name, node.parent = new_name, new_parent
         node.ctime_ns = now_ns()
-        self._attach(new_parent, node)
-
-    def _mark_tree(self, node: Node) -> None:
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            if n.children is not None:
-                self.metadata.mark(n)
-                stack.extend(c for c in n.children.values() if c.kind is Kind.DIR)
+        self.entries.attach(new_parent, node)
 
     def _move_ops(self, node: Node, new_key: str) -> list[tuple[str, str, dict[str, Any]]]:
         """Store operations that move one file or symlink to ``new_key``."""
@@ -272,27 +310,12 @@ class TreeOps(KeyChecks):
         return [("put", new_key, {"digest": node.digest, "size": node.size, "meta": meta}),
                 ("delete", old_key, {})]
 
-    async def _run_ops(self, items: Sequence[tuple[Node | None, str, str, dict[str, Any]]]) \
-            -> None:
-        ops = []
-        for node, kind, key, kwargs in items:
-            ops.append(await self._submit_and_wait(node, kind, key, wait=False, **kwargs))
-        if self.opts.sync_writes:
-            failures = []
-            for op in ops:
-                try:
-                    await self.wb.wait(op)
-                except CacheFSError as e:
-                    failures.append(e)
-            if failures:
-                raise failures[0]
-
     async def _rename_file(self, node: Node, new_key: str) -> None:
         if node.staging is not None and node.staging.dirty:
-            await self._commit(node)
+            await self.writes.commit(node)
         items = [(node if kind != "delete" else None, kind, key, kw)
                  for kind, key, kw in self._move_ops(node, new_key)]
-        await self._run_ops(items)
+        await self.uploads.run_all(items)
 
     async def _rename_dir(self, node: Node, new_base: str) -> None:
         """Move every key below the directory. Not atomic: see docs/SEMANTICS.md."""
@@ -300,7 +323,7 @@ class TreeOps(KeyChecks):
         new_prefix = new_base + "/"
         listing = await trio.to_thread.run_sync(self.ns.store.list_all, old_prefix, None,
                                                 limiter=self.limits.s3)
-        items: list[tuple[Node | None, str, str, dict[str, Any]]] = []
+        items: list[Item] = []
         local: dict[str, Node] = {}
         stack = [node]
         while stack:
@@ -311,7 +334,7 @@ class TreeOps(KeyChecks):
                 elif child.etag is None or child.pending:
                     local[self.ns.key(child)] = child
         for obj in listing.objects:
-            if obj.key in local or self.wb.pending_kind(obj.key) == "delete":
+            if obj.key in local or self.uploads.wb.pending_kind(obj.key) == "delete":
                 continue
             new_key = new_prefix + obj.key[len(old_prefix):]
             if obj.key.endswith("/"):
@@ -327,10 +350,24 @@ class TreeOps(KeyChecks):
         if not any(k == new_prefix for _, _, k, _ in items):
             items.append((None, "put", new_prefix, {"meta": attrs_mod.object_metadata(node)}))
         try:
-            await self._run_ops(items)
+            await self.uploads.run_all(items)
         except CacheFSError:
             # Partly moved: show the store's truth on both sides.
             self.ns.invalidate(node)
             raise
 
-    # -- maintenance ---------------------------------------------------------------------------
+    async def mknod(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
+        """mknod(2): a regular file is created empty; FIFOs, sockets and devices have no
+        object to be in a store, so they are refused (EPERM), after the name's own checks."""
+        self.access.check_writable(parent)
+        await self._absent(parent, name)
+        self.keys.check_new_entry(parent, name, Kind.FILE)
+        if not stat.S_ISREG(mode):
+            raise NotPermitted(f"{name}: only regular files, directories and symlinks can be "
+                               "stored (not FIFOs, sockets or devices)")
+        node, handle = await self._create(parent, name, mode, os.O_WRONLY, uid, gid)
+        try:
+            await self.writes.flush(handle)
+        finally:
+            await self.writes.release(handle)
+        return node

@@ -1,4 +1,10 @@
-"""The filesystem core, writing: open for writing, staging files, close, upload (see state.py)."""
+"""The filesystem core, writing: open for writing, staging files, close and what it hands to
+write-back, truncation and attribute changes.
+
+Writers of one file share its staging file (handles.Staging) in the cache dir's ``tmp/``. Closing
+seals it into the blob tier under its digest and hands that blob to write-back (uploads.py); below
+a NAME.pack being built it is logged for the pack instead (packdir.py).
+"""
 
 from __future__ import annotations
 
@@ -13,42 +19,64 @@ import trio
 
 from .. import attrs as attrs_mod
 from ..errors import CacheFSError, InvalidArgument, NoSpace, NotPermitted, ReadOnly
-from ..nodes import Kind, Node, now_ns
-from ..pack.mounted import PackFile
-from ..remote.writeback import Op
-from ..tier.blobs import BLOCK, DigestBuilder, digest_fd
-from ..tier.integrity import combine_units, crc_unit, encode_crcs, file_crcs
+from ..metrics import Stats
+from ..nodes import InodeTable, Kind, Node, now_ns
+from ..remote.namespace import Namespace
+from ..remote.writeback import WriteBack
+from ..tier.blobs import BlobTier, DigestBuilder, digest_fd
+from .access import Access
+from .content import Contents
+from .entries import Entries
 from .handles import Staging, WriteHandle
-from .packdir import SEALING, PackBuildOps
-from .state import STREAM_THRESHOLD
+from .options import STREAM_THRESHOLD, Limiters, Options
+from .packdir import Layers, in_pack
+from .uploads import Uploads
 
 log = logging.getLogger(__name__)
 
 
-class WriteOps(PackBuildOps):
-    async def _open_write(self, node: Node, truncate: bool, readable: bool) -> WriteHandle:
+class Writes:
+    def __init__(self, *, ns: Namespace, table: InodeTable, blobs: BlobTier, contents: Contents,
+                 uploads: Uploads, wb: WriteBack, layers: Layers, access: Access,
+                 entries: Entries, stats: Stats, limits: Limiters, opts: Options) -> None:
+        self.ns = ns
+        self.table = table
+        self.blobs = blobs
+        self.contents = contents
+        self.uploads = uploads
+        self.wb = wb
+        self.layers = layers
+        self.access = access
+        self.entries = entries
+        self.stats = stats
+        self.limits = limits
+        self.opts = opts
+
+    async def open(self, node: Node, truncate: bool, readable: bool) -> WriteHandle:
+        """A writer of ``node``; its writers share one staging file."""
         staging = node.staging
         if staging is None:
-            fresh = await self._new_staging(node, copy=not truncate, lazy=True)
+            fresh = await self.new_staging(node, copy=not truncate, lazy=True)
             if node.staging is None:
                 node.staging = staging = fresh
             else:  # another open made one meanwhile: share it
                 fresh.close()
                 staging = node.staging
                 if truncate:
-                    await self._truncate(node, staging, 0)
+                    await self.truncate(node, staging, 0)
         elif truncate:
-            await self._truncate(node, staging, 0)
+            await self.truncate(node, staging, 0)
         if truncate:
             node.size = 0
             node.touch()
         staging.writers += 1
-        handle = WriteHandle(node, staging, readable, self.limits.disk)
+        handle
+ = WriteHandle(node, staging, readable, self.limits.disk)
         if truncate:
             handle.dirty = staging.dirty = True
         return handle
 
-    async def _new_staging(self, node: Node, copy: bool, lazy: bool = False) -> Staging:
+    async def new_staging(self, node: Node, copy: bool, lazy: bool = False) -> Staging:
         """A private copy of the file's current content (empty if ``copy`` is false).
 
         ``lazy``: if that content is a local blob, copy it at the first change instead
@@ -57,7 +85,7 @@ class WriteOps(PackBuildOps):
         """
         source = None
         if copy and node.size > 0:
-            source = self.local_digest(node)
+            source = self.contents.local_digest(node)
             if source is not None and lazy:
                 reader = self.blobs.open_reader(source)  # pins the blob until copied
                 path = self.blobs.new_temp_path("stage")
@@ -70,10 +98,8 @@ class WriteOps(PackBuildOps):
                     raise
                 return Staging(path, fd, node.size, base_size=node.size, base=source,
                                lazy=reader)
-            if source is None and isinstance(node.pack, PackFile):
-                source = await self.pack_file_blob(node)  # a change to a pack file: copy up
-            if source is None and node.etag is not None:
-                source = await self._fetch_whole(node)
+            if source is None:
+                source = await self.contents.as_blob(node)  # a pack's file: copied up
             if source is None:
                 raise CacheFSError(f"{node.describe()}: current content is not available")
         path = self.blobs.new_temp_path("stage")
@@ -111,7 +137,7 @@ class WriteOps(PackBuildOps):
         staging.lazy = None
         reader.close()
 
-    async def _truncate(self, node: Node, staging: Staging, size: int) -> None:
+    async def truncate(self, node: Node, staging: Staging, size: int) -> None:
         async with staging.lock:
             if staging.sealed:
                 await self._unseal(node, staging, copy=size > 0)
@@ -128,16 +154,13 @@ class WriteOps(PackBuildOps):
 
     async def _unseal(self, node: Node, staging: Staging, copy: bool = True) -> None:
         """A write after close/fsync: continue on a fresh copy, the sealed blob stays intact."""
-        fresh = await self._new_staging(node, copy=copy)
+        fresh = await self.new_staging(node, copy=copy)
         os.close(staging.fd)
         staging.path, staging.fd, staging.sealed = fresh.path, fresh.fd, False
         staging.size = fresh.size
         staging.hasher, staging.hashed = fresh.hasher, 0
 
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        handle = self.handles[fh]
-        if not isinstance(handle, WriteHandle):
-            raise CacheFSError("file is not open for writing")
+    async def write(self, handle: WriteHandle, offset: int, data: bytes) -> int:
         node, staging = handle.node, handle.staging
         # Writes and sealing exclude each other: a sealed file must not change under its digest.
         async with staging.lock:
@@ -207,58 +230,52 @@ class WriteOps(PackBuildOps):
         if stream is not None:
             self.wb.abort_stream(stream)
 
-    async def flush(self, fh: int) -> None:
+    async def flush(self, handle: WriteHandle) -> None:
         """close(2): in sync mode, returns once the content is in the store."""
-        handle = self.handles.get(fh)
-        if isinstance(handle, WriteHandle) and handle.staging.dirty:
-            await self._commit(handle.node)
+        if handle.staging.dirty:
+            await self.commit(handle.node)
 
-    async def fsync(self, fh: int) -> None:
-        handle = self.handles.get(fh)
-        if isinstance(handle, WriteHandle):
-            await self._commit(handle.node, wait=True)
+    async def fsync(self, handle: WriteHandle) -> None:
+        await self.commit(handle.node, wait=True)
 
-    async def release(self, fh: int) -> None:
-        handle = self.handles.pop(fh, None)
-        if handle is None:
-            return
-        node = handle.node
+    async def release(self, handle: WriteHandle) -> None:
+        """The handle's last close: save what it left unsaved; the last writer lets go of
+        the staging file."""
+        node, staging = handle.node, handle.staging
         try:
-            if isinstance(handle, WriteHandle):
-                staging = handle.staging
-                try:
-                    if staging.dirty and not staging.broken:
-                        await self._commit(node)
-                except CacheFSError as e:
-                    log.warning("%s: not saved at release: %s", node.describe(), e)
-                finally:
-                    staging.writers -= 1
-                    if staging.writers <= 0:
-                        self._drop_stream(staging)
-                        staging.close()
-                        if node.staging is staging:
-                            node.staging = None
-                            if staging.broken:
-                                self._abandon(node, staging)
-            else:
-                handle.close()
-                node.readers -= 1
-                if handle.version is not None and handle.version != self.content_token(node):
-                    self.ns.notifier.inode_changed(node.ino)  # drop the old version's pages
+            if staging.dirty and not staging.broken:
+                await self.commit(node)
+        except CacheFSError as e:
+            log.warning("%s: not saved at release: %s", node.describe(), e)
         finally:
+            self._let_go(node, staging)
             self.table.release(node)
+
+    def _let_go(self, node: Node, staging: Staging) -> None:
+        """One writer less; the last one closes the staging file (a new writer starts a new
+        one), and a write that failed takes the file back to its last saved content."""
+        staging.writers -= 1
+        if staging.writers > 0:
+            return
+        self._drop_stream(staging)
+        staging.close()
+        if node.staging is staging:
+            node.staging = None
+            if staging.broken:
+                self._abandon(node, staging)
+
 
     def _abandon(self, node: Node, staging: Staging) -> None:
         """A write failed: the file goes back to its last saved content (or away, if new)."""
         log.warning("%s", staging.broken)
         parent = node.parent
         if node.digest is None and node.etag is None and parent is not None:
-            self._remove(parent, node.name, node)
+            self.entries.remove(parent, node.name, node)
             self.ns.notifier.entry_removed(parent.ino, node.name, node.ino)
         else:
             node.size = staging.base_size
 
-    async def _commit(self, node: Node, wait: bool | None = None) -> None:
+    async def commit(self, node: Node, wait: bool | None = None) -> None:
         """Seal the node's staging file into the blob tier and hand it to write-back."""
         staging = node.staging
         if staging is None:
@@ -278,8 +295,8 @@ class WriteOps(PackBuildOps):
                 self._drop_stream(staging)
                 return
             digest, size, crcs, stream = await self._staged_digest(node, staging)
-            building = self.building_of(node)
-            if building is None and self.in_pack(node):
+            building = self.layers.building_of(node)
+            if building is None and in_pack(node):
                 raise ReadOnly(f"{node.describe()}: its NAME.pack directory was sealed while the "
                                "file was open; what was written after that is not saved")
             # In sync mode the upload makes it durable before close() returns; only a
@@ -295,11 +312,11 @@ class WriteOps(PackBuildOps):
             if changed:  # pages read through older handles must not outlive them
                 self.ns.notifier.inode_changed(node.ino)
             if building is not None:  # kept for the pack: logged, not uploaded
-                node.pack = None  # no longer the pack's version of the file
-                await self.build_put(building, node)
+                node.pack_file = None  # no longer the pack's version of the file
+                await self.layers.build_put(building, node)
                 staging.error = ""
                 return
-            op = await self._submit_put(node, digest, size, stream)
+            op = await self.uploads.submit_put(node, digest, size, stream)
         # The upload waits outside the lock: the sealed blob no longer changes.
         if self.opts.sync_writes if wait is None else wait:
             try:
@@ -326,101 +343,31 @@ class WriteOps(PackBuildOps):
         staging.hasher = None
         return digest, size, crcs, stream
 
-    async def _submit_put(self, node: Node, digest: str, size: int, stream: Any) -> Op:
-        """Hand the sealed content to write-back under the node's key."""
-        meta = attrs_mod.object_metadata(node, digest)
-        meta["cachefs-crc"] = await self._crc_meta(digest, size)
-        op = await self.wb.submit("put", self.ns.key(node), digest=digest, size=size,
-                                  meta=meta, stream=stream)
-        node.pending += 1
-        self._op_nodes[op.seq] = node
-        return op
-
-    async def _crc_meta(self, digest: str, size: int) -> str:
-        unit = crc_unit(size)
-        entry = self.blobs.entry(digest)
-        if entry is None:
-            crcs = await trio.to_thread.run_sync(file_crcs, self.blobs.path(digest), unit,
-                                                 limiter=self.limits.cpu)
-            return encode_crcs(unit, crcs)
-        if unit == BLOCK:
-            return encode_crcs(unit, entry.crcs)
-        return encode_crcs(unit, combine_units(entry.crcs, BLOCK, size, unit))
-
-    async def _submit_and_wait(self, node: Node | None, kind: str, key: str, *,
-                               wait: bool | None = None, keep: bool = False,
-                               **kwargs: Any) -> Op:
-        """Journal an operation; in sync mode (or when asked) wait until the store has it.
-
-        ``keep``: on failure leave the operation queued for retry (content that exists only
-        here); otherwise it is withdrawn so the store and the mount stay as they were.
-        """
-        op = await self.wb.submit(kind, key, **kwargs)
-        if node is not None:
-            node.pending += 1
-            self._op_nodes[op.seq] = node
-        if self.opts.sync_writes if wait is None else wait:
-            try:
-                await self.wb.wait(op)
-            except CacheFSError:
-                self.stats.error("store_write_failed")
-                if not keep:
-                    self.wb.withdraw(op)
-                raise
-        return op
-
-    def _op_done(self, op: Op) -> None:
-        """An operation reached the store (or was superseded): record the new ETag."""
-        node = self._op_nodes.pop(op.seq, None)
-        if node is not None:
-            node.pending = max(0, node.pending - 1)
-        else:  # replayed from the journal after a restart
-            node = self.ns.find_key(op.key)
-        if node is None or op.superseded or op.info is None or not node.attached:
-            return
-        assert node.parent is not None
-        key = self.ns.key(node)
-        if node.pack == SEALING and op.kind == "put" and key == op.key:
-            self.pack_uploaded(node, op)
-            return
-        if key == op.key and node.kind is not Kind.DIR and \
-                (op.kind != "put" or node.digest == op.digest):
-            node.etag = op.info.etag
-            self.ns.local_change(node)
-            if node.digest:
-                self.blobs.bind(op.key, node.etag, node.digest)
-            self.manifests.mark(node.parent.path(), node.name)
-            self.metadata.mark(node.parent)
-
     # -- attributes ----------------------------------------------------------------------------
 
     async def setattr(self, node: Node, *, size: int | None = None, mode: int | None = None,
                       uid: int | None = None, gid: int | None = None,
                       mtime_ns: int | None = None, atime_ns: int | None = None,
-                      fh: int | None = None, caller_uid: int = 0) -> Node:
-        self._check_writable(node)
+                      handle: WriteHandle | None = None, caller_uid: int = 0) -> Node:
+        self.access.check_writable(node)
         if caller_uid != 0 and (uid not in (None, self.table.uid) or
                                 gid not in (None, self.table.gid)):
             raise NotPermitted("only root may give files away")
         if size is not None:
             if node.kind is not Kind.FILE:
                 raise InvalidArgument("only files can be truncated")
-            handle = self.handles.get(fh) if fh is not None else None
-            if isinstance(handle, WriteHandle):
-                await self._truncate(node, handle.staging, size)
+            if handle is not None:
+                await self.truncate(node, handle.staging, size)
                 handle.dirty = True
                 node.size = size
             else:
-                fh2 = self._add_handle(await self._open_write(node, truncate=size == 0,
-                                                              readable=False))
+                own = await self.open(node, truncate=size == 0, readable=False)
                 try:
-                    staging = node.staging
-                    assert staging is not None
-                    await self._truncate(node, staging, size)
+                    await self.truncate(node, own.staging, size)
                     node.size = size
-                    await self._commit(node)
+                    await self.commit(node)
                 finally:
-                    await self.release(fh2)
+                    await self.release(own)
             node.touch()
         changed = False
         if mode is not None:
@@ -437,22 +384,9 @@ class WriteOps(PackBuildOps):
             node.atime_ns, changed = atime_ns, True
         if changed:
             node.ctime_ns = now_ns()
-            building = self.building_of(node)
+            building = self.layers.building_of(node)
             if building is None:
-                self._attrs_changed(node)
+                self.entries.attrs_changed(node)
             elif node is not building.node and (node.kind is not Kind.FILE or node.digest):
-                await self.build_put(building, node)
+                await self.layers.build_put(building, node)
         return node
-
-    def _attrs_changed(self, node: Node) -> None:
-        node.attrs_from = "local"
-        self.ns.local_change(node)
-        parent = node.parent
-        if parent is None:
-            if node is self.table.root:
-                self.manifests.mark("", ".")
-            return
-        self.manifests.mark(parent.path(), node.name)
-        self.metadata.mark(parent)
-
-    # -- namespace changes ---------------------------------------------------------------------

@@ -23,7 +23,19 @@ import trio
 from .. import __version__
 from ..attrs import manifest_entry
 from ..config import Config
-from ..core.fs import CacheFS, Limiters, Options
+from ..core.access import Access
+from ..core.arrivals import Arrivals
+from ..core.content import Contents
+from ..core.entries import Entries
+from ..core.fs import CacheFS, Rooms
+from ..core.handles import OpenFiles
+from ..core.options import Limiters, Options
+from ..core.packdir import Layers
+from ..core.read import Reads
+from ..core.seal import Sealer
+from ..core.tree import Tree
+from ..core.uploads import Uploads
+from ..core.write import Writes
 from ..errors import (
     AccessDenied,
     BucketNotFound,
@@ -37,7 +49,8 @@ from ..fuse.ops import FuseOps, KernelNotifier
 from ..fuse.xattrs import Xattrs
 from ..metrics import Stats
 from ..names import component_problem
-from ..nodes import InodeTable
+from ..nodes import InodeTable, PackDir
+from ..pack import build as packbuild
 from ..pack import codec
 from ..pack.mounted import Packs
 from ..pack.usage import UseRecorder
@@ -104,65 +117,25 @@ def check_store(store: Store, has_cache: bool) -> bool:
 class Daemon:
     """Everything one mount needs, wired together."""
 
-    def __init__(self, config: Config, mountpoint: Path, store: Store, prefix: str) -> None:
+    def __init__(self, config: Config, mountpoint: Path, store: Store, prefix: str, *,
+                 online: bool = True, chosen: subtree.Subtree | None = None) -> None:
         self.config = config
         self.mountpoint = mountpoint
         self.store = store
         self.prefix = prefix
-        cache_dir = Path(config.cache_dir)
-        self.db = Database(cache_dir / "index.db")
+        self.cache_dir = Path(config.cache_dir)
+        self.subtree = chosen
         self.stats = Stats()
         self.limiters = Limiters(
             s3=trio.CapacityLimiter(config.connections),
             disk=trio.CapacityLimiter(8),
             cpu=trio.CapacityLimiter(max(2, os.cpu_count() or 2)),
         )
-        self.blobs = BlobTier(cache_dir, self.db, config.cache_size, self.limiters.disk,
-                              self.limiters.cpu)
-        self.metadata = MetadataCache(self.db)
-        self.table = InodeTable()
-        try:
-            level = codec.parse_level(config.compress)
-        except ValueError as e:
-            raise ConfigError(f"compress: {e}") from None
-        self.writeback = WriteBack(store, self.blobs, cache_dir, s3=self.limiters.s3,
-                                   disk=self.limiters.disk, cpu=self.limiters.cpu,
-                                   stats=self.stats, compress_level=level,
-                                   timeout=config.timeout)
-        self.notifier = KernelNotifier()
-        self.manifests = ManifestWriter(store, prefix, self.metadata, self.limiters.s3,
-                                        entries_for=self._manifest_entries,
-                                        on_written=self._manifest_written)
-        self.ns = Namespace(store, prefix, self.table, self.metadata, s3=self.limiters.s3,
-                            ttl=config.metadata_ttl, notifier=self.notifier,
-                            pending_kind=self.writeback.pending_kind,
-                            pending_put=self.writeback.pending_put,
-                            pending_under=self.writeback.pending_under,
-                            manifest_pending=self.manifests.pending)
-        self.origin_client = OriginClient(config.timeout)
-        self.fetcher = Fetcher(store, self.blobs, s3=self.limiters.s3, disk=self.limiters.disk,
-                               cpu=self.limiters.cpu, stats=self.stats,
-                               origin=self.origin_client, etag_check=config.etag_check)
-        self.origins = OriginFallback(self.origin_client, self.ns, self.table, self.metadata,
-                                      self.stats, mount_origins=parse_origin_options(config.origin),
-                                      default_mode=config.origin_fetch, ttl=config.metadata_ttl)
-        self.fs = CacheFS(ns=self.ns, table=self.table, blobs=self.blobs, fetcher=self.fetcher,
-                          writeback=self.writeback, manifests=self.manifests,
-                          metadata=self.metadata, stats=self.stats, limiters=self.limiters,
-                          options=Options(read_only=config.read_only,
-                                          sync_writes=config.writeback == "sync",
-                                          timeout=config.timeout, ttl=config.metadata_ttl,
-                                          pack_idle=config.pack_idle),
-                          origins=self.origins,
-                          packs=Packs(store, self.blobs, self.table, self.stats,
-                                      s3=self.limiters.s3, cpu=self.limiters.cpu,
-                                      disk=self.limiters.disk,
-                                      usage=UseRecorder(store, cache_dir)))
-        self.prefetcher = Prefetcher(self.ns, cached_paths=self.fs.cached_paths,
-                                     start_fetch=self.fs.start_fetch, disk=self.limiters.disk,
-                                     stats=self.stats)
-        self.fs.on_read_open = self.prefetcher.opened
-        self.subtree: subtree.Subtree | None = None
+        self._build_tiers()
+        self._build_remote()
+        self.ns.offline = not online
+        self.fs = self._build_core(online)
+
         self.last_warm: dict[str, int] = {}
         self.last_pack: dict[str, Any] = {}
         self.last_verify: dict[str, Any] = {}
@@ -172,11 +145,96 @@ class Daemon:
                                       "verify": self._verify})
         self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
 
+    def _build_tiers(self) -> None:
+        """What lives in the cache dir: the index, the blob tier, listings, the tree."""
+        self.db = Database(self.cache_dir / "index.db")
+        self.blobs = BlobTier(self.cache_dir, self.db, self.config.cache_size,
+                              self.limiters.disk, self.limiters.cpu)
+        self.metadata = MetadataCache(self.db)
+        self.table = InodeTable()
+        if self.subtree is not None and self.subtree.pack is not None:
+            root = self.table.root  # the mount shows one pack (or archive): --subtree
+            tar = self.subtree.prefix.endswith(".tar.zst")
+            root.pack_dir = PackDir.TARZST if tar else PackDir.PACK
+            root.etag, root.size = self.subtree.pack.etag, self.subtree.pack.size
+
+    def _build_remote(self) -> None:
+        """The store's side: write-back, manifests, the namespace, packs, origins."""
+        config, store, lim = self.config, self.store, self.limiters
+        try:
+            level = codec.parse_level(config.compress)
+        except ValueError as e:
+            raise ConfigError(f"compress: {e}") from None
+        self.writeback = WriteBack(store, self.blobs, self.cache_dir, s3=lim.s3, disk=lim.disk,
+                                   cpu=lim.cpu, stats=self.stats, compress_level=level,
+                                   timeout=config.timeout)
+        self.notifier = KernelNotifier()
+        self.manifests = ManifestWriter(store, self.prefix, self.metadata, lim.s3,
+                                        entries_for=self._manifest_entries,
+                                        on_written=self._manifest_written)
+        self.packs = Packs(store, self.blobs, self.table, self.stats, s3=lim.s3, cpu=lim.cpu,
+                           disk=lim.disk, usage=UseRecorder(store, self.cache_dir))
+        wb = self.writeback
+        self.ns = Namespace(store, self.prefix, self.table, self.metadata, s3=lim.s3,
+                            ttl=config.metadata_ttl, notifier=self.notifier,
+                            pending_kind=wb.pending_kind, pending_put=wb.pending_put,
+                            pending_under=wb.pending_under,
+                            manifest_pending=self.manifests.pending,
+                            pack_loader=self.packs.load_dir)
+        self.origin_client = OriginClient(config.timeout)
+        self.origins = OriginFallback(self.origin_client, self.ns, self.table, self.metadata,
+                                      self.stats, mount_origins=parse_origin_options(config.origin),
+                                      default_mode=config.origin_fetch, ttl=config.metadata_ttl)
+
+    def _build_core(self, online: bool) -> CacheFS:
+        """The core's rooms, each handed what it works with (see core/fs.py)."""
+        config, lim = self.config, self.limiters
+        opts = Options(read_only=config.read_only, sync_writes=config.writeback == "sync",
+                       timeout=config.timeout, ttl=config.metadata_ttl,
+                       pack_idle=config.pack_idle)
+        shared: dict[str, Any] = dict(ns=self.ns, limits=lim, opts=opts)
+        uploads = Uploads(wb=self.writeback, table=self.table, blobs=self.blobs,
+                          manifests=self.manifests, metadata=self.metadata, stats=self.stats,
+                          **shared)
+        arrivals = Arrivals(ns=self.ns, uploads=uploads, stats=self.stats, opts=opts)
+        self.fetcher = Fetcher(self.store, self.blobs, s3=lim.s3, disk=lim.disk, cpu=lim.cpu,
+                               stats=self.stats, origin=self.origin_client,
+                               etag_check=config.etag_check, events=arrivals)
+        contents = Contents(blobs=self.blobs, fetcher=self.fetcher, packs=self.packs,
+                            origins=self.origins, arrivals=arrivals, stats=self.stats, **shared)
+        self.prefetcher = Prefetcher(self.ns, cached_paths=contents.cached_paths,
+                                     start_fetch=contents.start_fetch, disk=lim.disk,
+                                     stats=self.stats)
+        overlay = self.table.root.pack_dir is PackDir.PACK and not config.read_only
+        layers = Layers(table=self.table, blobs=self.blobs, overlay_root=overlay,
+                        build_dir=self.cache_dir / packbuild.LOG_DIR, **shared)
+        access = Access(opts, layers, offline_at_start=not online)
+        entries = Entries(ns=self.ns, table=self.table, layers=layers,
+                          manifests=self.manifests, metadata=self.metadata)
+        files = OpenFiles()
+        writes = Writes(table=self.table, blobs=self.blobs, contents=contents, uploads=uploads,
+                        wb=self.writeback, layers=layers, access=access, entries=entries,
+                        stats=self.stats, **shared)
+        rooms = Rooms(
+            tree=Tree(table=self.table, layers=layers, entries=entries, access=access,
+                      writes=writes, uploads=uploads, files=files, manifests=self.manifests,
+                      metadata=self.metadata, origins=self.origins, **shared),
+            reads=Reads(table=self.table, contents=contents, files=files,
+                        on_open=self.prefetcher.opened, **shared),
+            writes=writes,
+            sealer=Sealer(layers=layers, writes=writes, uploads=uploads, blobs=self.blobs,
+                          manifests=self.manifests, stats=self.stats, **shared),
+            layers=layers, contents=contents, uploads=uploads, entries=entries, access=access,
+            files=files)
+        return CacheFS(rooms, ns=self.ns, table=self.table, blobs=self.blobs,
+                       wb=self.writeback, manifests=self.manifests, metadata=self.metadata,
+                       opts=opts)
+
     def start(self) -> None:
         """Blocking start-up work, before the mount answers."""
         self.blobs.start()
         self.metadata.start()
-        self.writeback.start()
+        self.writeback.start(on_done=self.fs.rooms.uploads.replayed_done)
 
     # -- callbacks -----------------------------------------------------------------------------
 
@@ -244,8 +302,9 @@ class Daemon:
         node = await self.ns.resolve(path)
         if node is None:
             raise NotFound(f"{path}: no such file or directory")
-        result = await warm(self.ns, node, cached_paths=self.fs.cached_paths,
-                            start_fetch=self.fs.start_fetch, stats=self.stats)
+        contents = self.fs.contents
+        result = await warm(self.ns, node, cached_paths=contents.cached_paths,
+                            start_fetch=contents.start_fetch, stats=self.stats)
         self.last_warm = result
         if result["failed"]:
             raise CacheFSError(f"{result['failed']} file(s) could not be fetched (see the log)")
@@ -287,7 +346,7 @@ class Daemon:
                       "blobs": len(self.blobs.entries), "evictions": self.blobs.evictions},
             "pending_uploads": len(self.writeback.queue),
             "fetches_in_flight": len(self.fetcher.active),
-            "open_handles": len(self.fs.handles),
+            "open_handles": len(self.fs.files),
             "inodes": len(self.table.nodes),
         })
         return snap
@@ -298,7 +357,7 @@ class Daemon:
         while True:
             await trio.sleep(FLUSH_INTERVAL)
             try:
-                await self.fs.seal_idle()
+                await self.fs.sealer.seal_idle()
                 await self.fs.flush_index()
             except Exception:
                 log.exception("writing the cache index failed")
@@ -307,7 +366,7 @@ class Daemon:
         """While offline, ask the store every few seconds whether it is back."""
         while True:
             await trio.sleep(OFFLINE_PROBE)
-            if not (self.ns.offline or self.fs.offline_at_start):
+            if not (self.ns.offline or self.fs.access.offline_at_start):
                 continue
             try:
                 await trio.to_thread.run_sync(self.store.check, limiter=self.limiters.s3)
@@ -315,9 +374,9 @@ class Daemon:
                 log.debug("store still unreachable: %s", e)
                 continue
             log.warning("store reachable again%s",
-                        ": the mount is writable" if self.fs.offline_at_start else "")
+                        ": the mount is writable" if self.fs.access.offline_at_start else "")
             self.ns.offline = False
-            self.fs.offline_at_start = False
+            self.fs.access.offline_at_start = False
             self.ns.invalidate_all()
 
     async def _signals(self, nursery: trio.Nursery) -> None:
@@ -343,7 +402,7 @@ class Daemon:
             await services.start(self.manifests.run)
             await services.start(self.prefetcher.run)
             services.start_soon(self._housekeeping)
-            services.start_soon(self.fs.recover_builds)
+            services.start_soon(self.fs.sealer.recover_builds)
             services.start_soon(self._watch_store)
             try:
                 yield services
@@ -358,12 +417,12 @@ class Daemon:
         save the index."""
         # Outside the grace period: a fill is bounded by its progress (--timeout without a
         # byte), and the uploads it queues still get all of DRAIN_GRACE.
-        await self.fs.finish_origin_fills()
+        await self.fs.contents.finish_origin_fills()
         with trio.move_on_after(DRAIN_GRACE):
-            for error in await self.fs.seal_all():
+            for error in await self.fs.sealer.seal_all():
                 log.error("not sealed: %s (its files stay in the cache dir, sealed at the "
                           "next mount)", error)
-            if any(b.overlay for b in self.fs.building.values()):
+            if any(b.overlay for b in self.fs.layers.building.values()):
                 log.warning("the changes made over the mounted pack were not saved with "
                             "cachefs pack --from-mount: they are discarded")
             failed = await self.writeback.drain(attempts=2)
@@ -445,15 +504,7 @@ def run(config: Config, mountpoint: str, ready_fd: int | None = None) -> int:
             if config.subtree:
                 chosen = subtree.resolve(store, prefix, config.subtree, config.restore_key)
                 prefix = chosen.prefix
-            daemon = Daemon(config, path, store, prefix)
-            daemon.ns.offline = daemon.fs.offline_at_start = not online
-            if chosen is not None and chosen.pack is not None:
-                root = daemon.table.root
-                root.pack = "tar.zst" if chosen.prefix.endswith(".tar.zst") else True
-                root.etag, root.size = chosen.pack.etag, chosen.pack.size
-                # a build may add to a mounted pack: changes go to a local layer
-                daemon.fs.overlay_root = root.pack is True and not config.read_only
-            daemon.subtree = chosen
+            daemon = Daemon(config, path, store, prefix, online=online, chosen=chosen)
             daemon.start()
             store_url = store.url + ("/" + prefix.rstrip("/") if prefix else "")
             try:

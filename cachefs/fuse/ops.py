@@ -286,7 +286,7 @@ class FuseOps(pyfuse3.Operations):
     @translated
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fh, keep = await self.fs.open(self.fs.node(inode), flags)
-        handle = self.fs.handles.get(fh)
+        handle = self.fs.files.get(fh)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep,
                                 direct_io=getattr(handle, "direct_io", False))
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..core.fs import CacheFS
 from ..errors import InvalidArgument, NoSpace, NotFound, ReadOnly, TooBig, Unsupported
 from ..nodes import Kind, Node
 
@@ -65,7 +66,7 @@ class NoAttr(NotFound):
 
 
 class Xattrs:
-    def __init__(self, fs: Any, control: Callable[[str], Awaitable[dict[str, Any] | str]],
+    def __init__(self, fs: CacheFS, control: Callable[[str], Awaitable[dict[str, Any] | str]],
                  validate_setting: Callable[[Node, str, str], None] | None = None,
                  actions: dict[str, Callable[[str], Awaitable[None]]] | None = None) -> None:
         self.fs = fs
@@ -121,7 +122,7 @@ class Xattrs:
                 raise InvalidArgument(f"{name}: value longer than {MAX_VALUE} bytes")
             await self.actions[short](value.decode("utf-8", "replace"))
             return
-        if self.fs.opts.read_only or self.fs.in_pack(node):
+        if not self.fs.access.may_change_attrs(node):
             raise ReadOnly("the mount (or this pack) is read-only")
         if len(value) > MAX_VALUE:
             raise TooBig(f"{name}: value longer than {MAX_VALUE} bytes")
@@ -155,13 +156,13 @@ class Xattrs:
             raise NoSpace(f"{node.path() or '/'}: extended attributes would take {total} bytes, "
                           f"more than {MAX_TOTAL} per file")
         node.xattrs[name] = text
-        self.fs._attrs_changed(node)
+        self.fs.entries.attrs_changed(node)
 
     async def remove(self, node: Node, name: str) -> None:
-        if self.fs.opts.read_only or self.fs.in_pack(node):
+        if not self.fs.access.may_change_attrs(node):
             raise ReadOnly("the mount (or this pack) is read-only")
         if name not in node.xattrs:
             raise NoAttr(name)
         del node.xattrs[name]
-        self.fs._attrs_changed(node)
+        self.fs.entries.attrs_changed(node)
 

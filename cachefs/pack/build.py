@@ -7,7 +7,9 @@ as one pack (docs/PACK-FORMAT.md) and that single object goes to the store as ``
 
 This module holds the parts that need no event loop: the build log that keeps a closed file safe
 until the seal (so a daemon killed mid-build loses nothing: the next mount seals what was
-logged), the tree walk, and writing the pack from blobs. The FUSE side is fs.PackBuildOps.
+logged), the tree walk, and writing the pack from blobs. The mount's side is core/packdir.py
+and core/seal.py.
+
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from ..nodes import Kind, Node
 from . import codec
 from .format import FRAME_TARGET, PackBuilder
+from .mounted import PackFile
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +53,9 @@ class Item:
     digest: str = ""           # files: SHA-256 of the content (a blob in the blob tier)
     size: int = 0
     target: str = ""           # symlinks
-    #: files unchanged from the pack below an overlay: a packs.PackFile (not logged: overlays
-    #: have no log)
-    stored: Any = None
+    #: files unchanged from the pack below an overlay (not logged: overlays have no log)
+    stored: PackFile | None = None
+
 
     def record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"p": self.path, "t": self.kind, "m": self.mode,
@@ -155,7 +158,8 @@ def items_of(top: Node) -> list[Item]:
             elif child.kind is Kind.LINK:
                 out.append(Item(path, "l", child.mode, child.mtime_ns, target=child.target or ""))
             else:
-                stored = child.pack if child.pack is not None else None
+                stored = child.pack_file if isinstance(child.pack_file, PackFile) else None
+
                 out.append(Item(path, "f", child.mode, child.mtime_ns, child.digest or "",
                                 child.size, stored=stored))
 

@@ -23,7 +23,7 @@ import trio
 
 from ..errors import CacheFSError, ChecksumMismatch, InvalidArgument, StoreUnavailable
 from ..metrics import Stats
-from ..nodes import InodeTable, Kind, Node
+from ..nodes import InodeTable, Kind, Node, PackDir, PackEntry
 from ..store import Store
 from ..store.retry import REQUEST, retry
 from ..tier.blobs import BlobReader, BlobTier, DigestBuilder
@@ -57,7 +57,9 @@ class LoadedPack:
 
 
 @dataclasses.dataclass(eq=False)
-class PackFile:
+class PackFile(PackEntry):
+    """A file of a loaded pack: its entry in the table, whose extents point at frames."""
+
     pack: LoadedPack
     entry: Entry
 
@@ -192,7 +194,16 @@ class Packs:
 
     # -- nodes ---------------------------------------------------------------------------------
 
+    async def load_dir(self, directory: Node, key: str) -> None:
+        """Show the tree of a pack (or archive) directory whose key is ``key``."""
+        tar = directory.pack_dir is PackDir.TARZST
+        if tar and key.endswith(tarpack.DIR_SUFFIX):
+            key = key[:-2]  # X.tar.zst.d shows the archive X.tar.zst
+        ref = PackRef(key, directory.etag or "", directory.size, "tar.zst" if tar else "pack")
+        self.populate(directory, ref, await self.load(ref))
+
     def populate(self, top: Node, ref: PackRef, toc: Toc) -> None:
+
         """Build the read-only tree of ``top`` (a pack directory) from its table of contents."""
         loaded = LoadedPack(ref, toc)
         top.children = {}
@@ -217,7 +228,8 @@ class Packs:
                 node.listed_at = float("inf")
                 dirs[entry.path] = node
             elif kind is Kind.FILE:
-                node.pack = PackFile(loaded, entry)
+                node.pack_file = PackFile(loaded, entry)
+
             parent.children[name] = node
 
     # -- frames --------------------------------------------------------------------------------

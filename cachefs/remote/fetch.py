@@ -42,13 +42,13 @@ from ..store import ObjectInfo, Store
 from ..store.retry import REQUEST, retry
 from ..tier.blobs import BLOCK, BlobTier, DigestBuilder
 from ..tier.integrity import EtagCheck, decode_crcs, expected_sha256
-from .fetchstate import MIN_PART, Fetch, RangeSet, ReadTheBlob
+from .fetchstate import MIN_PART, Fetch, FetchEvents, NoEvents, RangeSet, ReadTheBlob
 from .origin import OriginClient, OriginInfo
 
 log = logging.getLogger(__name__)
 
 #: Fetch and ReadTheBlob are what the core holds of a fetch (its state lives in fetchstate.py)
-__all__ = ["SMALL", "EtagMismatch", "Fetch", "Fetcher", "RangeSet", "ReadTheBlob"]
+__all__ = ["SMALL", "EtagMismatch", "Fetch", "FetchEvents", "Fetcher", "RangeSet", "ReadTheBlob"]
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ class Fetcher:
     def __init__(self, store: Store, blobs: BlobTier, *, s3: trio.CapacityLimiter,
                  disk: trio.CapacityLimiter, cpu: trio.CapacityLimiter, stats: Stats,
                  parallel: int = PARALLEL, origin: OriginClient | None = None,
-                 etag_check: bool = True) -> None:
+                 etag_check: bool = True, events: FetchEvents | None = None) -> None:
         self.store = store
         self.blobs = blobs
         self.s3 = s3
@@ -89,12 +89,8 @@ class Fetcher:
         self.etag_is_md5 = etag_check
         self.origin = origin
         self._nursery: trio.Nursery | None = None
-        #: called once an origin fetch is complete and in the blob tier (uploads it)
-        self.after_origin: Callable[[Fetch, OriginInfo], Awaitable[None]] = _nothing
-        #: called with the object's info once its first response arrives (attrs from headers)
-        self.on_info: Callable[[ObjectInfo], None] = lambda info: None
-        #: called with the key when a fetch fails (readers may have seen unchecked bytes)
-        self.on_failed: Callable[[str], None] = lambda key: None
+        self.events: FetchEvents = events or NoEvents()
+
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -200,7 +196,7 @@ class Fetcher:
             if not fetch.done.is_set():  # cancelled at shutdown
                 fetch.fail(CacheFSError("fetch cancelled"))
             if fetch.error is not None:
-                self.on_failed(fetch.key)
+                self.events.fetch_failed(fetch.key)
 
     async def _origin_job(self, fetch: Fetch, info: OriginInfo, expected: str | None) -> None:
         progress = self.stats.begin("origin", fetch.key, fetch.size)
@@ -235,7 +231,7 @@ class Fetcher:
             self.stats.count("bytes_from_origin", fetch.size)
             fetch.digest = digest
             try:  # queue the upload before anyone learns the fetch is done
-                await self.after_origin(fetch, info)
+                await self.events.origin_fetched(fetch, info)
             except CacheFSError as e:
                 log.warning("%s: fetched from its origin, but not queued for upload: %s",
                             fetch.key, e)
@@ -253,7 +249,7 @@ class Fetcher:
             if not fetch.done.is_set():
                 fetch.fail(CacheFSError("fetch cancelled"))
             if fetch.error is not None:
-                self.on_failed(fetch.key)
+                self.events.fetch_failed(fetch.key)
 
     def _reset(self, fetch: Fetch) -> None:
         fetch.received = RangeSet()
@@ -318,7 +314,7 @@ class Fetcher:
             await self.blobs.make_room(max(fetch.size, 1 << 20))
             info, sha, size, crcs, etag_ok = await self._retrying(f"GET {fetch.key}", work)
         fetch.info = info
-        self.on_info(info)
+        self.events.object_info(info)
         self._check_content(fetch, info, sha, etag_ok)
         fetch.size = size
         self.blobs.register(sha, size, crcs)
@@ -376,7 +372,7 @@ class Fetcher:
         info, head = await self._retrying(f"GET {fetch.key}",
                                           lambda: self._get_bytes(fetch, *first))
         fetch.info = info
-        self.on_info(info)
+        self.events.object_info(info)
         if zobject.is_compressed(info.metadata):
             await self._compressed(fetch, info, head, progress)
             return
@@ -594,10 +590,6 @@ class Fetcher:
 
             await trio.to_thread.run_sync(digest, pos, avail, limiter=self.cpu)
             pos = avail
-
-
-async def _nothing(fetch: Fetch, info: OriginInfo) -> None:
-    pass
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -4,8 +4,10 @@ A ``Fetch`` records which byte ranges were requested, have arrived and may be re
 once checked), and where the download goes next (``next_range``: parts that start small and
 double while reading stays sequential; a reader that seeks moves the next part to where it
 reads). Readers wait on it (``wait_range``, ``read``); the engine that downloads into it is
-``Fetcher`` in fetch.py. Everything here runs on the trio thread, except the ``pread`` of a read.
+``Fetcher`` in fetch.py, which tells whoever keeps the tree what happened (``FetchEvents``).
+Everything here runs on the trio thread, except the ``pread`` of a read.
 """
+
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ import contextlib
 import os
 from array import array
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
 from ..errors import CacheFSError, TimedOut
 from ..store import ObjectInfo
 from ..tier.blobs import BLOCK
+from .origin import OriginInfo
 
 #: The first part is small so the first byte comes fast; parts double up to MAX_PART.
 MIN_PART = 1 << 20
@@ -215,3 +219,30 @@ class Fetch:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class FetchEvents(Protocol):
+    """What the fetcher tells whoever keeps the tree (the core) about fetches it ran."""
+
+    def object_info(self, info: ObjectInfo) -> None:
+        """A GET's first response arrived: its headers may carry the file's attributes."""
+
+    async def origin_fetched(self, fetch: Fetch, info: OriginInfo) -> None:
+        """An origin fetch is complete and in the blob tier (called before its readers learn
+        it is done, so the upload it queues is in the journal first)."""
+
+    def fetch_failed(self, key: str) -> None:
+        """A fetch failed: readers may have seen bytes that were not checked yet."""
+
+
+class NoEvents:
+    """Nobody to tell (a fetcher used on its own, as by `cachefs warm` tests and tools)."""
+
+    def object_info(self, info: ObjectInfo) -> None:
+        pass
+
+    async def origin_fetched(self, fetch: Fetch, info: OriginInfo) -> None:
+        pass
+
+    def fetch_failed(self, key: str) -> None:
+        pass

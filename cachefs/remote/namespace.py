@@ -24,7 +24,7 @@ import trio
 from ..attrs import apply_manifest_entry, attrs_from_metadata
 from ..errors import CacheFSError, NotADirectory, NotFound, StoreUnavailable
 from ..names import MANIFEST_NAME, component_problem, is_internal
-from ..nodes import NEVER, InodeTable, Kind, Node
+from ..nodes import NEVER, InodeTable, Kind, Node, PackDir
 from ..store import ListPage, ObjectInfo, Store
 from ..tier.listings import MetadataCache
 from . import manifest as manifest_mod
@@ -65,6 +65,7 @@ class Namespace:
                  pending_put: Callable[[str], Any] = lambda key: None,
                  pending_under: Callable[[str], dict[str, Any]] = lambda prefix: {},
                  manifest_pending: Callable[[str, str], bool] = lambda path, name: False,
+                 pack_loader: Callable[[Node, str], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.store = store
         self.prefix = prefix
@@ -86,8 +87,8 @@ class Namespace:
         self._warned: set[str] = set()
         self._flat: dict[int, trio.Event] = {}  # subtree listings in progress, by top inode
         self._nursery: trio.Nursery | None = None
-        #: fills in a pack directory from its table of contents (set by the daemon)
-        self.pack_loader: Callable[[Node], Awaitable[None]] | None = None
+        #: fills in a pack directory, given its key, from its table of contents (Packs.load_dir)
+        self.pack_loader = pack_loader
         #: what changed here, which no listing may undo (see the module docstring)
         self.changes = LocalChanges()
         self.local_change = self.changes.local_change
@@ -281,7 +282,8 @@ class Namespace:
 
     async def _list(self, directory: Node) -> None:
         if directory.is_pack_dir and self.pack_loader is not None:
-            await self.pack_loader(directory)
+            await self.pack_loader(directory, self.key(directory))
+
             return
         with self.changes.listing_from() as since:
             await self._list_since(directory, since)
@@ -484,9 +486,11 @@ class Namespace:
         journaled: one remembered from before a crash, half-written, must not hide the store."""
         if node.staging is not None or node.pending > 0:
             return True
-        if node.pack in ("building", "sealing"):  # a NAME.pack written here, not yet stored
-            return True
-        if node.pack == "tar.zst" and node.name.endswith(".d") and node.parent is not None:
+        if node.pack_dir in (PackDir.BUILDING, PackDir.SEALING):
+            return True  # a NAME.pack written here, not yet stored
+        if node.pack_dir is PackDir.TARZST and node.name.endswith(".d") and \
+                node.parent is not None:
+
             # an archive shown as a directory: as long as the archive is there, unchanged
             archive = (node.parent.children or {}).get(node.name[:-2])
             return archive is not None and archive.etag == node.etag

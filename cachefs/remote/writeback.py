@@ -12,9 +12,7 @@ store, or fails with EIO); in ``async`` mode it returns once the journal has it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import json
 import logging
 import os
 import time
@@ -41,7 +39,11 @@ from ..store import ObjectInfo, Store
 from ..store.multipart import PART_SIZE, PARTS_IN_FLIGHT, upload_file
 from ..store.retry import BACKGROUND
 from ..tier.blobs import BlobTier, digest_path
+from .journal import Journal, Op
 from .streamup import StreamUpload
+
+#: what the core holds of an operation (its record and the journal are in journal.py)
+__all__ = ["Op", "WriteBack"]
 
 log = logging.getLogger(__name__)
 
@@ -66,109 +68,8 @@ REFUSED_AFTER: dict[type[CacheFSError], int] = {
     AccessDenied: WAIT_ATTEMPTS,
 }
 
-KINDS = ("put", "delete", "copy", "move")
-#: the journal's file name in the cache dir
-JOURNAL = "journal.log"
-
-
-@dataclasses.dataclass(eq=False)
-class Op:
-    seq: int
-    kind: str  # put | delete | copy | move (copy to key, then delete src)
-    key: str
-    src: str | None = None
-    digest: str | None = None
-    size: int = 0
-    meta: dict[str, str] = dataclasses.field(default_factory=dict)
-    created: float = dataclasses.field(default_factory=time.time)
-    # runtime
-    attempts: int = 0
-    started: bool = False
-    superseded: bool = False
-    last_error: str = ""
-    last_errno: int = 0
-    #: why the store refused it for good (it left the queue without being stored)
-    error: CacheFSError | None = None
-    not_before: float = 0.0
-    #: attempts made before the last `sync`: backoff starts over from there
-    backoff_from: int = 0
-    info: ObjectInfo | None = None
-    #: loaded from the journal at start: its blob is checked before it is uploaded
-    replayed: bool = False
-    #: parts already sent while the file was written (streamup.StreamUpload), not journaled
-    stream: Any = None
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    progress: trio.Event = dataclasses.field(default_factory=trio.Event)
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key, self.src) if self.src else (self.key,)
-
-    def record(self) -> dict[str, Any]:
-        return {"seq": self.seq, "kind": self.kind, "key": self.key, "src": self.src,
-                "digest": self.digest, "size": self.size, "meta": self.meta,
-                "created": self.created}
-
-    def describe(self) -> dict[str, Any]:
-        return {"op": self.kind, "key": self.key, "src": self.src, "size": self.size,
-                "attempts": self.attempts, "error": self.last_error,
-                "errno": errno.errorcode.get(self.last_errno, "") if self.last_errno else "",
-                "age": round(time.time() - self.created, 1)}
-
-
 class CorruptUpload(CacheFSError):
     """The content to upload no longer matches its digest: it is dropped, never stored."""
-
-
-def pending_records(path: Path) -> list[dict[str, Any]]:
-    """The operations a journal file holds that are added and not done, oldest first; it is
-    only read (`cachefs umount` lists them for a mount whose daemon died). A torn last line
-    was never acknowledged to the writer, so it is skipped."""
-    pending: dict[int, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("done") is not None:
-                pending.pop(int(rec["done"]), None)
-            elif rec.get("kind") in KINDS:
-                pending[int(rec["seq"])] = rec
-    return sorted(pending.values(), key=lambda r: r["seq"])
-
-
-class Journal:
-    """Append-only log of operations: ``add`` lines, then ``done`` lines once applied."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = -1
-
-    def load(self) -> list[dict[str, Any]]:
-        """Operations added and not done, and the journal opened for appending."""
-        records = pending_records(self.path)
-        # Rewrite compactly so the log does not grow across runs.
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for rec in records:
-                f.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        os.chmod(self.path, 0o600)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        return records
-
-    def append(self, record: dict[str, Any], durable: bool) -> None:
-        os.write(self.fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
-        if durable:
-            os.fdatasync(self.fd)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class WriteBack:
@@ -178,7 +79,7 @@ class WriteBack:
                  compress_level: int | None = None, timeout: float = 30.0) -> None:
         self.store = store
         self.blobs = blobs
-        self.journal = Journal(cache_dir / JOURNAL)
+        self.journal = Journal(cache_dir / Journal.NAME)
         self.s3 = s3
         self.disk = disk
         self.cpu = cpu or trio.CapacityLimiter(2)
@@ -196,20 +97,21 @@ class WriteBack:
         self._changed = trio.Event()
         self._running = 0
         #: called on the trio thread when an operation is in the store
-        self.on_complete: Callable[[Op], None] = lambda op: None
+
         self._journal_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
 
     # -- start-up ------------------------------------------------------------------------------
 
-    def start(self) -> list[Op]:
-        """Load what a previous run left in the journal (blocking, before the mount answers)."""
+    def start(self, on_done: Callable[[Op], None] | None = None) -> list[Op]:
+        """Load what a previous run left in the journal (blocking, before the mount answers);
+        ``on_done`` is told as each of those operations finishes."""
         ops = []
         for rec in self.journal.load():
             op = Op(seq=rec["seq"], kind=rec["kind"], key=rec["key"], src=rec.get("src"),
                     digest=rec.get("digest"), size=rec.get("size", 0),
                     meta=dict(rec.get("meta") or {}), created=rec.get("created", time.time()),
-                    replayed=True)
+                    replayed=True, on_done=on_done)
             if op.digest and not self.blobs.has(op.digest):
                 log.error("journal: content of %s (%s) is missing from the blob tier; this "
                           "upload cannot be finished", op.key, op.digest[:16])
@@ -238,11 +140,13 @@ class WriteBack:
 
     async def submit(self, kind: str, key: str, *, src: str | None = None,
                      digest: str | None = None, size: int = 0,
-                     meta: dict[str, str] | None = None, stream: Any = None) -> Op:
-        """Journal an operation (durably) and queue it. Returns at once."""
+                     meta: dict[str, str] | None = None, stream: Any = None,
+                     on_done: Callable[[Op], None] | None = None) -> Op:
+        """Journal an operation (durably) and queue it. Returns at once; ``on_done`` is told
+        when it leaves the queue."""
         self._seq += 1
         op = Op(self._seq, kind, key, src=src, digest=digest, size=size, meta=dict(meta or {}),
-                stream=stream)
+                stream=stream, on_done=on_done)
         if kind in ("put", "delete"):
             self._supersede(key)
         async with self._journal_lock:
@@ -477,7 +381,8 @@ class WriteBack:
         op.done.set()
         op.progress.set()
         self._kick()
-        self.on_complete(op)
+        if op.on_done is not None:
+            op.on_done(op)
 
     async def _apply(self, op: Op) -> None:
         # The core checked the key when it made the operation; one journaled by an older

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from ..nodes import Kind, Node
+from ..nodes import Kind, Node, PackDir
 from .db import Database
 
 SCHEMA = """
@@ -50,9 +50,9 @@ def encode_entry(node: Node) -> str:
         data["o"] = node.origin_url
     if node.attrs_from != "default":
         data["a"] = node.attrs_from
-    if node.pack is True:
+    if node.pack_dir is PackDir.PACK:
         data["pk"] = 1
-    elif node.pack == "tar.zst":
+    elif node.pack_dir is PackDir.TARZST:
         data["pk"] = "tar.zst"
     return json.dumps(data, separators=(",", ":"))
 
@@ -66,7 +66,8 @@ def decode_entry(text: str) -> dict[str, Any]:
         "etag": data.get("e"), "digest": data.get("d"), "target": data.get("l"),
         "xattrs": dict(data.get("x") or {}), "source": data.get("src", "store"),
         "origin_url": data.get("o"), "attrs_from": data.get("a", "default"),
-        "pack": {1: True, "tar.zst": "tar.zst"}.get(data.get("pk")),
+        "pack_dir": {1: PackDir.PACK, "tar.zst": PackDir.TARZST}.get(data.get("pk")),
+
     }
 
 
