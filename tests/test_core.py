@@ -130,6 +130,39 @@ async def test_overwrite_keeps_old_content_for_open_readers(tmp_path: Path) -> N
         assert await core.cat("k") == b"new content!"
 
 
+async def test_open_with_o_trunc_while_the_last_other_writer_closes(tmp_path: Path) -> None:
+    """An open that waits for the shared staging file (a close or a write of another writer
+    holds it) while that other writer lets go still gets a staging file that is the node's and
+    stays open: it once got the retired one, and failed with EBADF (test_parallel_writers)."""
+    store = MemoryStore()
+    store.add("k", b"old content")
+    async with running_core(store, tmp_path / "c") as core:
+        node = await core.node("k")
+        first, _ = await core.fs.open(node, os.O_WRONLY | os.O_TRUNC)
+        await core.fs.write(first, 0, b"first")
+        await core.fs.flush(first)
+        staging = node.staging
+        assert staging is not None and staging.sealed
+        opened: list[int] = []
+
+        async def open_second() -> None:
+            opened.append((await core.fs.open(node, os.O_WRONLY | os.O_TRUNC))[0])
+
+        # The lock is held as a commit or a write of the first writer would hold it.
+        async with trio.open_nursery() as nursery, staging.lock:
+            nursery.start_soon(open_second)
+            while not staging.lock.statistics().tasks_waiting:
+                await trio.lowlevel.checkpoint()
+            await core.fs.release(first)  # the last writer counted so far lets go
+        [second] = opened
+        assert node.staging is staging and not staging.retired
+        await core.fs.write(second, 0, b"second")
+        await core.fs.flush(second)
+        await core.fs.release(second)
+        assert store.objects["k"][0] == b"second"
+        assert await core.cat("k") == b"second"
+
+
 async def test_namespace_operations(tmp_path: Path) -> None:
     store = MemoryStore()
     async with running_core(store, tmp_path / "c") as core:

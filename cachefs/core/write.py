@@ -55,23 +55,28 @@ class Writes:
     async def open(self, node: Node, truncate: bool, readable: bool) -> WriteHandle:
         """A writer of ``node``; its writers share one staging file."""
         staging = node.staging
+        empty = False  # a staging file made here with truncate starts empty
         if staging is None:
             fresh = await self.new_staging(node, copy=not truncate, lazy=True)
             if node.staging is None:
                 node.staging = staging = fresh
+                empty = truncate
             else:  # another open made one meanwhile: share it
                 fresh.close()
                 staging = node.staging
-                if truncate:
-                    await self.truncate(node, staging, 0)
-        elif truncate:
-            await self.truncate(node, staging, 0)
+        # Counted before the truncate waits for the lock: the last other writer's release
+        # meanwhile must not retire this staging file (close its fd) under this open.
+        staging.writers += 1
+        if truncate and not empty:
+            try:
+                await self.truncate(node, staging, 0)
+            except BaseException:
+                self._let_go(node, staging)
+                raise
         if truncate:
             node.size = 0
             node.touch()
-        staging.writers += 1
-        handle
- = WriteHandle(node, staging, readable, self.limits.disk)
+        handle = WriteHandle(node, staging, readable, self.limits.disk)
         if truncate:
             handle.dirty = staging.dirty = True
         return handle
