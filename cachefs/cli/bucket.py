@@ -8,17 +8,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..config import parse_size
 from ..errors import AccessDenied
 from ..store import Store, open_store
 from ..store.local import LocalStore
-from .util import MISS, OK, Failure, config_flags, human, load_config
-
-STORE_FLAGS = ["endpoint", "region", "key_file", "secret_file", "timeout", "connections"]
-Command = Callable[[str, Callable[[argparse.Namespace], int], str, str], argparse.ArgumentParser]
+from .util import MISS, OK, STORE_FLAGS, Command, Failure, config_flags, human, load_config
 
 
 def open_target(args: argparse.Namespace) -> tuple[Store, str]:
@@ -255,9 +251,21 @@ def cmd_verify_store(args: argparse.Namespace) -> int:
     return MISS if broken else OK
 
 
+#: the last line of the help of ls, du and verify-store; {miss} is what exit 1 means there
+EXITS = "exit codes: 0 ok; 1 {miss}; 2 an error (bad flag, store unreachable)."
+
+
 def add_commands(command: Command) -> None:
-    """Register the bucket commands with the parser's ``command`` helper."""
-    exits = "exit codes: 0 ok; 1 {miss}; 2 an error (bad flag, store unreachable)."
+    """Register the bucket commands with the parser's ``command`` helper, in the order
+    `cachefs --help` lists them."""
+    _add_ls(command)
+    _add_du(command)
+    _add_prune(command)
+    _add_verify_store(command)
+
+
+def _add_ls(command: Command) -> None:
+    """`cachefs ls`: what each key is and when it was last used, the facts prune decides by."""
     p = command("ls", cmd_ls, "list a store's keys: size, kind, last write, last use", """
         examples:
           cachefs ls s3://ci-cache/myproj --endpoint http://127.0.0.1:8333
@@ -271,10 +279,13 @@ def add_commands(command: Command) -> None:
         other packs it reads frames from: those must stay while it is used (docs/BUCKET.md).
         Reads each object's last 72 bytes, and each pack's table of contents.
 
-        """ + exits.format(miss="no keys below the prefix"))
+        """ + EXITS.format(miss="no keys below the prefix"))
     _target(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_du(command: Command) -> None:
+    """`cachefs du`: sizes from one LIST, so it is cheap enough to run on every bucket."""
     p = command("du", cmd_du, "sum a store's sizes by prefix", """
         examples:
           cachefs du s3://ci-cache
@@ -285,12 +296,16 @@ def add_commands(command: Command) -> None:
         components below the prefix (default 1), largest first; cachefs's own objects
         (directory manifests, last-use markers) are counted, as they are billed too.
 
-        """ + exits.format(miss="no keys below the prefix"))
+        """ + EXITS.format(miss="no keys below the prefix"))
     _target(p)
     p.add_argument("--depth", type=int, default=1, metavar="N",
                    help="key components to group by (default 1; 0: just the total)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_prune(command: Command) -> None:
+    """`cachefs prune` deletes, so its help says exactly what goes and what is kept, and that
+    nothing is deleted without --yes."""
     p = command("prune", cmd_prune, "delete least recently used keys, never a pack in use", """
         examples:
           cachefs prune s3://ci-cache/myproj --older-than 7d          # dry run: a list
@@ -322,6 +337,10 @@ def add_commands(command: Command) -> None:
     p.add_argument("--yes", action="store_true", help="delete")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+
+def _add_verify_store(command: Command) -> None:
+    """`cachefs verify-store`: the check to run after a prune, that no kept pack lost a
+    pack it reads frames from."""
     p = command("verify-store", cmd_verify_store,
                 "check that every pack's references to other packs resolve", """
         examples:
@@ -333,7 +352,7 @@ def add_commands(command: Command) -> None:
         pack is named on stderr with why (gone, replaced, too short, unreadable table);
         reading its files fails with EIO. Frames themselves are not downloaded.
 
-        """ + exits.format(miss="some pack is broken (named on stderr)"))
+        """ + EXITS.format(miss="some pack is broken (named on stderr)"))
     _target(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 

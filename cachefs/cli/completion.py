@@ -91,17 +91,28 @@ def describe(parser: argparse.ArgumentParser) -> tuple[Command, list[Command]]:
     return Command(parser.prog, parser.description or "", top_options, ()), commands
 
 
+# -- what every shell's writer shares -------------------------------------------------------
+
+
+def _value_action(arg: Arg, choices: Callable[[str], str], kinds: dict[str, str]) -> str:
+    """How one shell completes the value of ``arg``: its fixed choices (given to ``choices``
+    as one blank-separated list) if it has them, else by kind (``kinds[""]``: nothing to
+    offer). One rule for every shell, so bash, zsh and fish offer the same values."""
+    if arg.choices:
+        return choices(" ".join(arg.choices))
+    return kinds.get(arg.kind, kinds[""])
+
+
 # -- bash -----------------------------------------------------------------------------------
 
 
+_BASH_FILES = 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -{} -- "$cur")'
+_BASH_KINDS = {"dir": _BASH_FILES.format("d"), "file": _BASH_FILES.format("f"), "": "COMPREPLY=()"}
+
+
 def _bash_complete_kind(arg: Arg) -> str:
-    if arg.choices:
-        return f'COMPREPLY=($(compgen -W "{" ".join(arg.choices)}" -- "$cur"))'
-    if arg.kind == "dir":
-        return 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$cur")'
-    if arg.kind == "file":
-        return 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$cur")'
-    return "COMPREPLY=()"
+    return _value_action(arg, lambda words: f'COMPREPLY=($(compgen -W "{words}" -- "$cur"))',
+                         _BASH_KINDS)
 
 
 def _bash_command_case(cmd: Command) -> list[str]:
@@ -193,9 +204,8 @@ def _zsh_description(text: str) -> str:
 
 
 def _zsh_action(arg: Arg) -> str:
-    if arg.choices:
-        return f"({' '.join(arg.choices)})"
-    return {"dir": "_files -/", "file": "_files"}.get(arg.kind, "")
+    return _value_action(arg, lambda words: f"({words})",
+                         {"dir": "_files -/", "file": "_files", "": ""})
 
 
 def _zsh_option(option: Arg) -> str:
@@ -271,13 +281,9 @@ def _fish_quote(text: str) -> str:
 
 
 def _fish_values(arg: Arg) -> str:
-    if arg.choices:
-        return f"-x -a {_fish_quote(' '.join(arg.choices))}"
-    if arg.kind == "dir":
-        return "-x -a '(__fish_complete_directories)'"
-    if arg.kind == "file":
-        return "-r -F"
-    return "-x"
+    return _value_action(arg, lambda words: f"-x -a {_fish_quote(words)}",
+                         {"dir": "-x -a '(__fish_complete_directories)'", "file": "-r -F",
+                          "": "-x"})
 
 
 def _fish_option(condition: str, option: Arg) -> str:

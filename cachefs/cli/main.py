@@ -48,7 +48,9 @@ from .util import (
     NOT_OURS,
     OK,
     PENDING,
+    STORE_FLAGS,
     ClearedMount,
+    Command,
     Failure,
     clear_dead_mount,
     config_flags,
@@ -217,6 +219,27 @@ MOUNT_FIELDS = [f.name for f in FIELDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, one adder per group of commands; the order of the calls is the
+    order `cachefs --help` lists them in."""
+    parser = _top_parser()
+    command = _command_adder(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    _add_mount(command)
+    _add_umount(command)
+    _add_mount_queries(command)  # sync, status, stats
+    _add_fetch_and_warm(command)
+    _add_cache_dir_commands(command)  # verify, clear
+    _add_doctor(command)
+    _add_pack(command)
+    _add_migrate_store(command)
+    _add_key(command)
+    add_bucket_commands(command)  # ls, du, prune, verify-store (cli/bucket.py)
+    _add_completion(command, parser)
+    return parser
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    """`cachefs` itself: what it is, a first example, the exit codes and the fstab form, for
+    someone who has only typed `cachefs --help`."""
     parser = argparse.ArgumentParser(
         prog="cachefs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -239,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
             settings come from flags, then CACHEFS_<SETTING> variables, then
             ~/.config/cachefs/config.toml; see `cachefs mount --help`."""))
     parser.add_argument("--version", action="version", version=f"cachefs {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def _command_adder(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Command:
+    """The one way a subcommand is made, so every one has its summary as both the line in
+    `cachefs --help` and its own description, and an epilog kept as written."""
 
     def command(name: str, func: Callable[[argparse.Namespace], int], summary: str,
                 epilog: str) -> argparse.ArgumentParser:
@@ -249,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    return command
+
+
+def _add_mount(command: Command) -> None:
+    """`cachefs mount` takes every setting as a flag: the background daemon is started with
+    the resolved settings as flags (_daemon_argv), so each one needs a flag here."""
     p = command("mount", cmd_mount, "mount a store at MOUNTPOINT", """
         examples:
           cachefs mount ~/cache
@@ -277,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
 
+
+def _add_umount(command: Command) -> None:
+    """`cachefs umount`: its exit codes are spelled out, since CI scripts branch on 3 (changes
+    still pending) and 4 (someone else's dead mount)."""
     p = command("umount", cmd_umount, "unmount, after everything written is in the store", """
         examples:
           cachefs umount /cache
@@ -300,30 +338,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for the daemon to exit (default 300)")
 
-    p = command("sync", cmd_sync, "wait until everything written is in the store", """
+
+def _add_mount_queries(command: Command) -> None:
+    """`sync`, `status` and `stats` ask a running mount through its control xattrs: each takes
+    the MOUNTPOINT, then --json for scripts."""
+
+    def query(name: str, func: Callable[[argparse.Namespace], int], summary: str,
+              epilog: str, json_help: str) -> argparse.ArgumentParser:
+        p = command(name, func, summary, epilog)
+        p.add_argument("mountpoint", metavar="MOUNTPOINT")
+        p.add_argument("--json", action="store_true", help=json_help)
+        return p
+
+    query("sync", cmd_sync, "wait until everything written is in the store", """
         examples:
           cachefs sync /cache && echo "saved"
 
         Exit 0 once every closed file, rename and delete is in the store; 2 if some kept
-        failing (they stay queued and are retried).""")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    p = command("status", cmd_status, "show changes not yet in the store", """
+        failing (they stay queued and are retried).""", "print the report as JSON")
+    query("status", cmd_status, "show changes not yet in the store", """
         examples:
           cachefs status /cache
-          cachefs status --json /cache | jq '.pending | length'""")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = command("stats", cmd_stats, "hits, misses, bytes and transfers of a mount", """
+          cachefs status --json /cache | jq '.pending | length'""", "print JSON")
+    p = query("stats", cmd_stats, "hits, misses, bytes and transfers of a mount", """
         examples:
           cachefs stats /cache
           cachefs stats --json /cache
           cachefs stats --watch /cache
-          cachefs stats --prometheus /cache > /var/lib/node_exporter/cachefs.prom""")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--json", action="store_true", help="print JSON")
+          cachefs stats --prometheus /cache > /var/lib/node_exporter/cachefs.prom""",
+              "print JSON")
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--keys", action="store_true",
@@ -331,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prometheus", action="store_true",
                    help="print the Prometheus text format (for a textfile collector)")
 
+
+def _add_fetch_and_warm(command: Command) -> None:
+    """`fetch` and `warm` bring files into the cache ahead of a reader, for one or more PATHs
+    inside a mount."""
     p = command("fetch", cmd_fetch, "fetch files from their origin into the cache and store", """
         examples:
           cachefs fetch /cache/go-dl/go1.26.3.linux-amd64.tar.gz
@@ -353,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
         cached, 2 if some files could not be fetched.""")
     p.add_argument("paths", nargs="+", metavar="PATH")
 
+
+def _add_cache_dir_commands(command: Command) -> None:
+    """`verify` and `clear` work on a cache dir rather than a store: the dir (for verify, or
+    a mount) is the positional, else --cache-dir."""
     p = command("verify", cmd_verify, "check every cached blob against its digest", """
         examples:
           cachefs verify                     # the default cache dir (not mounted)
@@ -377,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", metavar="CACHE_DIR")
     config_flags(p, ["cache_dir"])
 
+
+def _add_doctor(command: Command) -> None:
+    """`cachefs doctor` takes the store and its connection flags only: it checks a store, not
+    a mount, so the cache settings would be noise."""
     p = command("doctor", cmd_doctor, "check that a store works: reach, write, read, delete", """
         examples:
           cachefs doctor --store s3://ci-cache/myproj --endpoint https://minio.example:9000
@@ -384,9 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         Prints where each credential came from and its length (never its value), then
         writes a 1-byte canary object, reads it back and deletes it. Exit 0 if all of it
         worked, 2 if not.""")
-    config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
-                      "connections"])
+    config_flags(p, ["store", *STORE_FLAGS])
 
+
+def _add_pack(command: Command) -> None:
+    """`cachefs pack` writes straight to a store, so it takes the store flags; its help
+    carries the rules a saved key lives by (never replaced, --from-mount uploads the new)."""
     p = command("pack", cmd_pack, "save a directory tree as one pack object", """
         examples:
           KEY=$(cachefs key "go-mod/{hash}" --hash-from go.sum)
@@ -412,8 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         saving one KEY at once one wins; the other exits 1 and leaves its object intact.
 
         exit codes: 0 saved; 1 KEY already exists (not replaced); 2 any other error.""")
-    config_flags(p, ["store", "endpoint", "region", "key_file", "secret_file", "timeout",
-                      "connections"])
+    config_flags(p, ["store", *STORE_FLAGS])
     p.add_argument("directory", metavar="DIR")
     p.add_argument("key", metavar="KEY", help="s3://BUCKET/KEY, or KEY within --store")
     p.add_argument("--from-mount", action="store_true",
@@ -423,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, default=3, help="zstd level 1-22 (default 3)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+
+def _add_migrate_store(command: Command) -> None:
+    """`cachefs migrate-store`: a one-off for stores made before 0.2, so its help says what
+    the old encoding was and what is kept."""
     p = command("migrate-store", cmd_migrate_store,
                 "turn a local store of the old encoding into a plain directory", """
         examples:
@@ -440,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
         tree cannot hold (both a and a/b): the store is then left as it was.""")
     config_flags(p, ["store"])
 
+
+def _add_key(command: Command) -> None:
+    """`cachefs key` needs no store or mount: it only hashes local files, so a CI step can
+    compute a key before anything is mounted."""
     p = command("key", cmd_key, "compute a cache key from file contents", """
         examples:
           cachefs key "go-mod/{hash}" --hash-from go.sum
@@ -455,8 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash-length", type=int, default=16, metavar="N",
                    help="hex digits of the hash to use (default 16)")
 
-    add_bucket_commands(command)  # ls, du, prune, verify-store (cli/bucket.py)
 
+def _add_completion(command: Command, parser: argparse.ArgumentParser) -> None:
+    """`cachefs completion` is handed the parser itself: the script is made from it when the
+    command runs, so it never lags behind the commands and flags."""
     p = command("completion", cmd_completion, "print a shell completion script", """
         examples:
           source <(cachefs completion bash)                  # in ~/.bashrc
@@ -465,8 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
 
         Generated from the commands and flags of this version of cachefs.""")
     p.add_argument("shell", choices=["bash", "zsh", "fish"])
-    p.set_defaults(parser=parser)  # the script is made from this very parser
-    return parser
+    p.set_defaults(parser=parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

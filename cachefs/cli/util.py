@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,12 @@ class Failure(Exception):
     def __init__(self, message: str, code: int = FAIL) -> None:
         super().__init__(message)
         self.code = code
+
+
+#: how to reach a store, besides its URL (--store, or a command's STORE target)
+STORE_FLAGS = ["endpoint", "region", "key_file", "secret_file", "timeout", "connections"]
+#: ``command(name, func, summary, epilog)``: adds one subcommand to the parser (cli/main.py)
+Command = Callable[[str, Callable[[argparse.Namespace], int], str, str], argparse.ArgumentParser]
 
 
 def help_text(text: str) -> str:
