@@ -11,7 +11,8 @@ from pathlib import Path
 import trio
 
 from cachefs.metrics import Stats
-from cachefs.remote.writeback import JOURNAL, Op, WriteBack, pending_records
+from cachefs.remote.journal import JOURNAL, Op, pending_records
+from cachefs.remote.writeback import WriteBack
 from cachefs.store import ObjectInfo
 from cachefs.tier.blobs import BlobTier, digest_path
 from cachefs.tier.db import Database

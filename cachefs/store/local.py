@@ -28,10 +28,9 @@ from ..errors import (
     Exists,
     NameTooLong,
     NotFound,
-    ObjectChanged,
 )
 from .base import ListPage, ObjectInfo, ReadStream, Store, key_bytes
-from .staged import StagedMultipart, md5_etag, os_errors
+from .staged import FileReadStream, StagedMultipart, md5_etag, os_errors
 
 MAGIC = b"CFSOBJ1\n"
 _HEADER = struct.Struct(">I")
@@ -41,23 +40,6 @@ NAME_MAX = 255
 PATH_MAX = 4096
 #: every component gets one of these two suffixes on disk (``.d`` directory, ``.o`` object)
 SUFFIX_BYTES = 2
-
-
-class _FileReadStream(ReadStream):
-    def __init__(self, f: BinaryIO, remaining: int, info: ObjectInfo) -> None:
-        self.f = f
-        self.remaining = remaining
-        self.info = info
-
-    def read(self, n: int) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        data = self.f.read(min(n, self.remaining))
-        self.remaining -= len(data)
-        return data
-
-    def close(self) -> None:
-        self.f.close()
 
 
 #: the names an old-encoding store has in its top directory
@@ -161,11 +143,7 @@ class LocalStore(StagedMultipart, Store):
             size = os.fstat(f.fileno()).st_size - offset
             info = ObjectInfo(key, size, str(header["etag"]), float(header["mtime"]),  # type: ignore[arg-type]
                               dict(header.get("metadata") or {}))  # type: ignore[call-overload]
-            if etag and etag != info.etag:
-                raise ObjectChanged(f"{key}: object changed while it was read")
-            f.seek(offset + start)
-            remaining = size - start if length is None else min(length, size - start)
-            return _FileReadStream(f, max(0, remaining), info)
+            return FileReadStream.of(f, info, offset, start, length, etag)
         except BaseException:
             f.close()
             raise

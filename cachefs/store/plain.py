@@ -47,11 +47,10 @@ from ..errors import (
     InvalidArgument,
     NameTooLong,
     NotFound,
-    ObjectChanged,
 )
 from .base import ListPage, ObjectInfo, ReadStream, Store, key_bytes
-from .local import NAME_MAX, PAGE, PATH_MAX, _FileReadStream
-from .staged import StagedMultipart, md5_etag, os_errors
+from .local import NAME_MAX, PAGE, PATH_MAX
+from .staged import FileReadStream, StagedMultipart, md5_etag, os_errors
 
 log = logging.getLogger(__name__)
 
@@ -169,26 +168,22 @@ class PlainDirStore(StagedMultipart, Store):
             meta.update({k: v for k, v in own.items() if k in meta})
         return ObjectInfo(key, st.st_size, etag, st.st_mtime, meta, encrypted=synthetic)
 
-    def _marker(self, key: str, path: Path) -> ObjectInfo:
+    def _stat_info(self, key: str, path: Path, directory: bool) -> ObjectInfo:
+        """The object at ``path``: a regular file, or for a marker (``dir/``) a directory."""
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{key}: not found") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotFound(f"{key}: not found")
+        if stat.S_ISDIR(st.st_mode) != directory or not (directory or stat.S_ISREG(st.st_mode)):
+            raise NotFound(f"{key}: not found" + ("" if directory else " (a directory)"))
         return self._info(key, st, _read_record(path))
+
+    def _marker(self, key: str, path: Path) -> ObjectInfo:
+        return self._stat_info(key, path, directory=True)
 
     def head(self, key: str) -> ObjectInfo:
         path = self._found_path(key)
-        if key.endswith("/"):
-            return self._marker(key, path)
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{key}: not found") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise NotFound(f"{key}: not found (a directory)")
-        return self._info(key, st, _read_record(path))
+        return self._stat_info(key, path, directory=key.endswith("/"))
 
     def open_read(
         self, key: str, start: int = 0, length: int | None = None, etag: str | None = None
@@ -196,7 +191,7 @@ class PlainDirStore(StagedMultipart, Store):
         path = self._found_path(key)
         if key.endswith("/"):
             info = self._marker(key, path)
-            return _FileReadStream(open(os.devnull, "rb"), 0, info)
+            return FileReadStream(open(os.devnull, "rb"), 0, info)
         try:
             f: BinaryIO = open(path, "rb")  # noqa: SIM115 (the stream closes it)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -206,11 +201,7 @@ class PlainDirStore(StagedMultipart, Store):
             if not stat.S_ISREG(st.st_mode):
                 raise NotFound(f"{key}: not found (a directory)")
             info = self._info(key, st, _read_record(f.fileno()))
-            if etag and etag != info.etag:
-                raise ObjectChanged(f"{key}: object changed while it was read")
-            f.seek(start)
-            remaining = st.st_size - start if length is None else min(length, st.st_size - start)
-            return _FileReadStream(f, max(0, remaining), info)
+            return FileReadStream.of(f, info, 0, start, length, etag)
         except BaseException:
             f.close()
             raise

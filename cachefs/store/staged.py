@@ -1,5 +1,6 @@
 """What the two stores on a local file system (plain.py, local.py) share: their multipart
-uploads, how their disk errors become the project's own, and how they make ETags.
+uploads, how their disk errors become the project's own, how they make ETags, and reading a
+range of an object file.
 
 Each upload is a directory of part files under the store's ``uploads`` directory; completing
 it streams the parts, in order, through the store's own ``_write``, which decides where and
@@ -17,6 +18,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import (
     AccessDenied,
@@ -24,9 +26,41 @@ from ..errors import (
     NameTooLong,
     NoSpace,
     NotFound,
+    ObjectChanged,
     StoreUnavailable,
 )
-from .base import ObjectInfo
+from .base import ObjectInfo, ReadStream
+
+
+class FileReadStream(ReadStream):
+    """A range of an object's file; the stream owns (and closes) the file."""
+
+    def __init__(self, f: BinaryIO, remaining: int, info: ObjectInfo) -> None:
+        self.f = f
+        self.remaining = remaining
+        self.info = info
+
+    @classmethod
+    def of(cls, f: BinaryIO, info: ObjectInfo, offset: int, start: int, length: int | None,
+           etag: str | None) -> FileReadStream:
+        """``length`` bytes from ``start`` of an object whose content begins at ``offset`` of
+        ``f``, if it is still the version ``etag`` (ObjectChanged otherwise)."""
+        if etag and etag != info.etag:
+            raise ObjectChanged(f"{info.key}: object changed while it was read")
+        f.seek(offset + start)
+        remaining = info.size - start if length is None else min(length, info.size - start)
+        return cls(f, max(0, remaining), info)
+
+    def read(self, n: int) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        data = self.f.read(min(n, self.remaining))
+        self.remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
 
 OS_ERRORS: dict[int, type[CacheFSError]] = {
     errno.ENAMETOOLONG: NameTooLong,
