@@ -216,13 +216,45 @@ class PackSystem(CachefsSystem):
         return measure(pack, files=ctx.wl.tree_files, nbytes=ctx.wl.tree_bytes)
 
     def start(self, ctx: Ctx, cache: Path, state: str) -> Target:
-        if not self.packed:
+        if not self.packed and not _stored(ctx, PACK_KEY):  # (a variant may have made it)
             s = self._pack(ctx, PACK_KEY)
             if not s.ok:
                 raise BenchError(s.error or "pack failed")
             self.packed = True
         target = super().start(ctx, cache, state)
         return Target(target.root / PACK_KEY, target.pids)
+
+
+class CachefsReadOnlySystem(CachefsSystem):
+    """A ``--read-only`` mount: files served without OPEN/RELEASE (no-open), pages kept by the
+    kernel, READ only for pages it does not have (docs/PERFORMANCE.md)."""
+
+    name = "cachefs-ro"
+    writable = False
+
+    def mount_args(self, ctx: Ctx, state: str) -> list[str]:
+        return [*super().mount_args(ctx, state), "--read-only"]
+
+
+class PackReadOnlySystem(PackSystem):
+    """The pack through a ``--read-only`` mount (no-open), as a CI job restoring a cache reads
+    it."""
+
+    name = "pack-ro"
+
+    def states(self, op: str) -> tuple[str, ...]:
+        return () if op == "save_tree" else super().states(op)
+
+    def mount_args(self, ctx: Ctx, state: str) -> list[str]:
+        return [*super().mount_args(ctx, state), "--read-only"]
+
+
+def _stored(ctx: Ctx, key: str) -> bool:
+    try:
+        ctx.server.client().head_object(Bucket=ctx.bucket, Key=key)
+    except Exception:  # botocore's ClientError: not there (or not readable)
+        return False
+    return True
 
 
 class S3fsSystem(ProcMountSystem):
@@ -392,7 +424,8 @@ class TarZstSystem(ApiSystem):
 
 
 # Systems in the order they run and appear in the table; add variants here.
-SYSTEMS: tuple[type[System], ...] = (LocalSystem, CachefsSystem, PackSystem, Boto3System,
+SYSTEMS: tuple[type[System], ...] = (LocalSystem, CachefsSystem, CachefsReadOnlySystem,
+                                     PackSystem, PackReadOnlySystem, Boto3System,
                                      TarZstSystem, S3fsSystem, RcloneSystem)
 
 

@@ -119,6 +119,12 @@ class CacheFS:
             raise CacheFSError("file is open write-only")
         return await handle.read(offset, size)
 
+    async def read_unopened(self, node: Node, offset: int, size: int) -> bytes:
+        """A READ without an OPEN (no-open mounts: the kernel opened the file by itself)."""
+        if node.kind is Kind.DIR:
+            raise IsADirectory(node.describe())
+        return await self.reads.read_unopened(node, offset, size)
+
     def _writer(self, fh: int) -> WriteHandle:
         handle = self.files.get(fh)
         if not isinstance(handle, WriteHandle):

@@ -9,9 +9,10 @@ writer has the file open, a reader opened then reads what was written so far (ha
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable
 
-from ..errors import ChecksumMismatch
+from ..errors import ChecksumMismatch, ObjectChanged
 from ..nodes import InodeTable, Node
 from ..remote.fetch import ReadTheBlob
 from ..remote.namespace import Namespace
@@ -22,6 +23,9 @@ from .options import Limiters, Options
 
 #: sources tried for one read before it fails: a blob that fails its check is fetched again
 READ_ATTEMPTS = 3
+#: readers kept for READs the kernel sends without an OPEN (no-open mounts), most recent first:
+#: each holds a file descriptor of the blob tier
+UNOPENED_KEPT = 256
 
 
 def content_token(node: Node) -> object:
@@ -42,6 +46,12 @@ class Reads:
         self.opts = opts
         #: told about every open for reading (the prefetcher's look-ahead)
         self.on_open = on_open
+        #: readers of files the kernel opened by itself (no-open), by inode, oldest first
+        self.unopened: OrderedDict[int, ReadHandle] = OrderedDict()
+        #: inodes whose reader was of a version replaced mid-read: READs past the start fail
+        #: (ESTALE) until one from the start begins the new version
+        self.stale: dict[int, object] = {}
+
 
     async def open(self, node: Node) -> ReadHandle:
         """A reader of what ``node`` shows now, or of what a writer has written so far."""
@@ -105,6 +115,46 @@ class Reads:
         handle.reader, handle.fetch = await self.contents.source(handle.node)
         if handle.reader is None and handle.fetch is None:
             raise error
+
+    async def read_unopened(self, node: Node, offset: int, size: int) -> bytes:
+        """A READ of a file the kernel opened without asking (a no-open mount): served by a
+        reader of what the node shows now, kept for the next READ of it.
+
+        Without an open there is no version to bind a reader to. When the node changed (its
+        object was replaced in the store) since the last READ, one that continues past the
+        start is taken as a reader of the old version: ESTALE, never the new bytes after
+        the old ones. A READ from the start begins the new version."""
+        token = content_token(node)
+        handle = self.unopened.get(node.ino)
+        if handle is not None and handle.version != token:
+            self._let_go_unopened(node.ino)
+            handle = None
+            if offset > 0:  # (the kernel retries a failed READ: it fails the same way)
+                self.stale[node.ino] = token
+                while len(self.stale) > UNOPENED_KEPT:
+                    del self.stale[next(iter(self.stale))]
+        if offset == 0:
+            self.stale.pop(node.ino, None)
+        elif handle is None and self.stale.get(node.ino) == token:
+            raise ObjectChanged(f"{node.describe()}: replaced in the store while it was read; "
+                                "read it again")
+        if handle is None:
+            fresh = await self.open(node)
+            handle = self.unopened.get(node.ino)  # another READ may have opened one meanwhile
+            if handle is None:
+                node.readers += 1
+                handle = self.unopened[node.ino] = fresh
+                while len(self.unopened) > UNOPENED_KEPT:
+                    self._let_go_unopened(next(iter(self.unopened)))
+            else:
+                fresh.close()
+        self.unopened.move_to_end(node.ino)
+        return await self.read(handle, offset, size)
+
+    def _let_go_unopened(self, ino: int) -> None:
+        handle = self.unopened.pop(ino, None)
+        if handle is not None:
+            self.release(handle)
 
     def release(self, handle: ReadHandle) -> None:
         node = handle.node

@@ -143,7 +143,10 @@ class Daemon:
                              actions={"fetch": self._approve, "warm": self._warm,
                                       "pack": self._pack_from_mount,
                                       "verify": self._verify})
-        self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl)
+        # A read-only mount serves files without OPEN/RELEASE: nothing it shows can change
+        # under an open file but what the store changes, which drops the kernel's pages.
+        self.ops = FuseOps(self.fs, self.xattrs, config.metadata_ttl,
+                           no_open=config.read_only)
 
     def _build_tiers(self) -> None:
         """What lives in the cache dir: the index, the blob tier, listings, the tree."""
@@ -348,7 +351,11 @@ class Daemon:
             "fetches_in_flight": len(self.fetcher.active),
             "open_handles": len(self.fs.files),
             "inodes": len(self.table.nodes),
+            # FUSE requests by kind: what a file costs in round trips
+            "requests": dict(sorted(self.ops.requests.items())),
+            "no_open": self.ops.no_open,
         })
+
         return snap
 
     # -- running -------------------------------------------------------------------------------
@@ -439,6 +446,10 @@ class Daemon:
             if ready_fd is not None:
                 _report(ready_fd, "ok " + json.dumps(self.mount_info()))
             log.info("mounted %s at %s", self.store.url + "/" + self.prefix, self.mountpoint)
+            if self.config.read_only and not self.ops.no_open:
+                log.warning("this pyfuse3 does not pass inodes (scripts/setup.sh builds one "
+                            "that does): every file is opened through the daemon")
+
             await pyfuse3.main(min_tasks=4, max_tasks=64)
             log.info("unmounted; finishing pending uploads")
             await self.finish()

@@ -2,10 +2,18 @@
 
 This is the only module (with daemon/run.py) that imports pyfuse3. Errors are translated here, once:
 nothing but FUSEError may leave a handler, or pyfuse3 takes the whole mount down.
+
+On a read-only mount, files are served without OPEN and RELEASE ("no-open"): the first open is
+answered ENOSYS, after which the kernel opens files by itself, keeps their pages, and sends a
+READ (handle 0, with the inode) only for pages it does not have. That needs pyfuse3 built with
+scripts/pyfuse3-3.5.0-inode.patch, which passes the inode; without it every open is answered as
+before. See docs/PERFORMANCE.md.
+
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
@@ -33,6 +41,10 @@ _QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY, errno.EISD
           errno.ENOTDIR}
 #: block size reported to programs: cp and tar size their buffers by it
 BLKSIZE = 1 << 20
+#: whether this pyfuse3 hands handlers the inode (scripts/pyfuse3-3.5.0-inode.patch)
+INODE_ARGS = hasattr(pyfuse3.Operations, "pass_inode")
+#: and whether an open may ask the kernel not to send FLUSH at close
+NOFLUSH = hasattr(pyfuse3.FileInfo(), "noflush")
 
 
 class _RateLimitedLog:
@@ -58,8 +70,11 @@ _refusals = _RateLimitedLog()
 
 
 def translated(fn: F) -> F:
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: FuseOps, *args: Any) -> Any:
+        self.requests[name] += 1
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -123,12 +138,19 @@ class KernelNotifier:
 class FuseOps(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
+    #: read/write/flush/fsync/readdir are also given the inode (a patched pyfuse3 only)
+    pass_inode = True
 
-    def __init__(self, fs: CacheFS, xattrs: Xattrs, ttl: float) -> None:
+    def __init__(self, fs: CacheFS, xattrs: Xattrs, ttl: float, *,
+                 no_open: bool = False) -> None:
         super().__init__()
         self.fs = fs
         self.xattrs = xattrs
         self.ttl = ttl
+        #: serve files and directories without OPEN/RELEASE (a read-only mount)
+        self.no_open = no_open and INODE_ARGS
+        #: requests by kind, for `cachefs stats` and the benchmarks' requests-per-file
+        self.requests: collections.Counter[str] = collections.Counter()
         self.dirs: dict[int, list[tuple[str, Node]] | None] = {}
         self.dir_nodes: dict[int, Node] = {}
         self._next_dir = 1
@@ -210,6 +232,8 @@ class FuseOps(pyfuse3.Operations):
         node = self.fs.node(inode)
         if node.kind is not Kind.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        # Directories stay opened here, even on a no-open mount: each READDIR is where a
+        # listing older than --metadata-ttl is read again (a kernel-kept one never would be).
         fh = self._next_dir
         self._next_dir += 1
         self.dirs[fh] = None
@@ -217,10 +241,15 @@ class FuseOps(pyfuse3.Operations):
         return fh
 
     @translated
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = self.dirs.get(fh)
-        if entries is None:
-            entries = self.dirs[fh] = await self.fs.readdir(self.dir_nodes[fh])
+    async def readdir(self, fh: int, start_id: int, token: Any, inode: int | None = None) -> None:
+        if fh == 0 and inode is not None:  # not opened (no-open): the listing as it is now
+            entries = await self.fs.readdir(self.fs.node(inode))
+        else:
+            kept = self.dirs.get(fh)
+            if kept is None:
+                kept = self.dirs[fh] = await self.fs.readdir(self.dir_nodes[fh])
+            entries = kept
+
         for index in range(start_id, len(entries)):
             name, node = entries[index]
             if not pyfuse3.readdir_reply(token, name_to_fuse(name), self.attrs(node), index + 1):
@@ -285,10 +314,17 @@ class FuseOps(pyfuse3.Operations):
 
     @translated
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        fh, keep = await self.fs.open(self.fs.node(inode), flags)
+        node = self.fs.node(inode)
+        reading = (flags & os.O_ACCMODE) == os.O_RDONLY and not flags & os.O_TRUNC
+        if self.no_open and reading and node.kind is not Kind.DIR:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # no OPEN, READ (as needed), RELEASE again
+        fh, keep = await self.fs.open(node, flags)
         handle = self.fs.files.get(fh)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep,
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=keep,
                                 direct_io=getattr(handle, "direct_io", False))
+        if reading and NOFLUSH:
+            info.noflush = True  # closing a reader saves nothing: no FLUSH round trip
+        return info
 
     @translated
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -298,20 +334,27 @@ class FuseOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._entry(node)
 
     @translated
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int, inode: int | None = None) -> bytes:
+        if fh == 0 and inode is not None:  # opened by the kernel alone (no-open)
+            return await self.fs.read_unopened(self.fs.node(inode), off, size)
         return await self.fs.read(fh, off, size)
 
     @translated
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes, inode: int | None = None) -> int:
+        if fh == 0:  # no-open mounts are read-only: the kernel refuses writes before this
+            raise pyfuse3.FUSEError(errno.EBADF)
         return await self.fs.write(fh, off, buf)
 
     @translated
-    async def flush(self, fh: int) -> None:
+    async def flush(self, fh: int, inode: int | None = None) -> None:
+        if fh == 0 and self.no_open:  # nothing to save at close: no FLUSH from now on
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         await self.fs.flush(fh)
 
     @translated
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.fs.fsync(fh)
+    async def fsync(self, fh: int, datasync: bool, inode: int | None = None) -> None:
+        if fh != 0:
+            await self.fs.fsync(fh)
 
     @translated
     async def release(self, fh: int) -> None:
