@@ -32,10 +32,12 @@ fi
 
 # pyfuse3, built from its PyPI sdist with one patch (scripts/pyfuse3-3.5.0-inode.patch): it
 # hands the inode to read/write/flush/readdir, which serving files without OPEN/RELEASE needs
-# (docs/PERFORMANCE.md). Rebuilt only if the installed one lacks the patch.
+# (docs/PERFORMANCE.md). Rebuilt when the patch changes (its hash is kept in .venv).
 PYFUSE3_VERSION=3.5.0
 PYFUSE3_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
-if ! .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.Operations, 'pass_inode'))" 2>/dev/null; then
+patch_sum=$(sha256sum scripts/pyfuse3-3.5.0-inode.patch | cut -d' ' -f1)
+if [ "$(cat .venv/pyfuse3-patch.sha256 2>/dev/null)" != "$patch_sum" ] || \
+   ! .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.Operations, 'pass_inode'))" 2>/dev/null; then
   echo "setup: building pyfuse3 $PYFUSE3_VERSION with cachefs's patch"
   build=$(mktemp -d)
   trap 'rm -rf "$build"' EXIT
@@ -46,8 +48,10 @@ if ! .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.Oper
   tar -xzf "$sdist" -C "$build"
   patch -s -p1 -d "$build/pyfuse3-$PYFUSE3_VERSION" < scripts/pyfuse3-3.5.0-inode.patch
   rm -f "$build/pyfuse3-$PYFUSE3_VERSION/src/pyfuse3/__init__.c"  # made again from the .pyx
-  .venv/bin/python -m pip install -q "$build/pyfuse3-$PYFUSE3_VERSION"
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps "$build/pyfuse3-$PYFUSE3_VERSION"
+  echo "$patch_sum" > .venv/pyfuse3-patch.sha256
 fi
+
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.Operations, 'pass_inode'))" \
   || { echo "setup: the installed pyfuse3 lacks cachefs's patch" >&2; exit 1; }

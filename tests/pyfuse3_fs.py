@@ -4,7 +4,8 @@ count of the requests the kernel sent, read back through the xattr ``user.reques
 
 ``python -m tests.pyfuse3_fs MOUNTPOINT MODE``: MODE ``no-open`` answers open/opendir/flush with
 ENOSYS (the kernel then opens by itself and sends READ with handle 0 and the inode);
-``noflush`` opens files with FileInfo(noflush=True).
+``noflush`` opens files with FileInfo(noflush=True); ``cache-dir`` opens the directory with
+FileInfo(cache_readdir=True, keep_cache=True).
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ class Ops(pyfuse3.Operations):
                 return await self.getattr(ino)
         raise pyfuse3.FUSEError(errno.ENOENT)
 
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Any) -> int | pyfuse3.FileInfo:
         self.requests["opendir"] += 1
         if self.mode == "no-open":
             raise pyfuse3.FUSEError(errno.ENOSYS)
+        if self.mode == "cache-dir":
+            return pyfuse3.FileInfo(fh=7, cache_readdir=True, keep_cache=True)
         return 7
 
     async def readdir(self, fh: int, start_id: int, token: Any, inode: int) -> None:

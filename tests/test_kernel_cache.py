@@ -147,3 +147,24 @@ def test_read_only_mount_reader_of_a_replaced_object_gets_estale(
     finally:
         os.close(fd)
     assert (m.path / "k").read_bytes() == new
+
+
+def test_the_kernel_keeps_listings_while_the_names_stay(
+        seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> None:
+    """A directory is opened through the daemon each time; while its entries are those the
+    kernel was last given, it lists from what it kept (no READDIR). A name the store gains
+    (after --metadata-ttl) or one made here shows at once after."""
+    seed(seaweed, bucket, {"d/a": b"1", "d/b": b"2"})
+    m = mounter("--metadata-ttl", "1", server=seaweed, bucket=bucket)
+    assert sorted(os.listdir(m.path / "d")) == ["a", "b"]
+    first = requests(m)
+    assert sorted(os.listdir(m.path / "d")) == ["a", "b"]
+    again = requests(m)
+    assert again["opendir"] == first["opendir"] + 1 and again["readdir"] == first["readdir"]
+    (m.path / "d" / "here").write_bytes(b"made here")
+    assert sorted(os.listdir(m.path / "d")) == ["a", "b", "here"]
+    seed(seaweed, bucket, {"d/c": b"3"})
+    deadline = time.monotonic() + 15
+    while (names := sorted(os.listdir(m.path / "d"))) != ["a", "b", "c", "here"]:
+        assert time.monotonic() < deadline, f"the listing stayed {names}"
+        time.sleep(0.3)

@@ -96,3 +96,22 @@ def test_plain_opens_still_get_their_handle_and_flush(serve) -> None:  # type: i
     assert read_all(mnt) == expected()
     counts = requests(mnt)
     assert counts["open"] == len(expected()) and counts["flush"] == len(expected()), counts
+
+
+def test_opendir_may_return_a_file_info_that_keeps_the_listing(serve) -> None:  # type: ignore[no-untyped-def]
+    mnt = serve("cache-dir")
+    assert sorted(os.listdir(mnt)) == sorted(expected())
+    first = requests(mnt)
+    assert sorted(os.listdir(mnt)) == sorted(expected())
+    again = requests(mnt)
+    # opened again, but the kernel lists from the listing it kept: no READDIR
+    assert again["opendir"] == first["opendir"] + 1, (first, again)
+    assert again["readdir"] == first["readdir"], (first, again)
+
+
+def test_opendir_returning_a_handle_still_lists_every_time(serve) -> None:  # type: ignore[no-untyped-def]
+    mnt = serve("plain")
+    os.listdir(mnt)
+    first = requests(mnt)
+    os.listdir(mnt)
+    assert requests(mnt)["readdir"] > first["readdir"]

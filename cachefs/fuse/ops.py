@@ -45,6 +45,8 @@ BLKSIZE = 1 << 20
 INODE_ARGS = hasattr(pyfuse3.Operations, "pass_inode")
 #: and whether an open may ask the kernel not to send FLUSH at close
 NOFLUSH = hasattr(pyfuse3.FileInfo(), "noflush")
+#: directories whose listing the kernel is known to keep (the names are remembered here)
+KERNEL_LISTINGS = 65536
 
 
 class _RateLimitedLog:
@@ -151,6 +153,8 @@ class FuseOps(pyfuse3.Operations):
         self.no_open = no_open and INODE_ARGS
         #: requests by kind, for `cachefs stats` and the benchmarks' requests-per-file
         self.requests: collections.Counter[str] = collections.Counter()
+        #: each directory's entries as the kernel was last given them (it keeps listings)
+        self.kernel_listings: dict[int, tuple[tuple[str, int, Kind], ...]] = {}
         self.dirs: dict[int, list[tuple[str, Node]] | None] = {}
         self.dir_nodes: dict[int, Node] = {}
         self._next_dir = 1
@@ -228,17 +232,29 @@ class FuseOps(pyfuse3.Operations):
     # -- directories ---------------------------------------------------------------------------
 
     @translated
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Any) -> int | pyfuse3.FileInfo:
+        """Directories are always opened here: an open is where a listing older than
+        --metadata-ttl is read again. With the patched pyfuse3 the kernel keeps each listing
+        (cache_readdir) and, while the names are those it was last given, lists from it
+        (keep_cache): no READDIR."""
         node = self.fs.node(inode)
         if node.kind is not Kind.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        # Directories stay opened here, even on a no-open mount: each READDIR is where a
-        # listing older than --metadata-ttl is read again (a kernel-kept one never would be).
         fh = self._next_dir
         self._next_dir += 1
-        self.dirs[fh] = None
         self.dir_nodes[fh] = node
-        return fh
+        if not INODE_ARGS:
+            self.dirs[fh] = None  # listed at the first READDIR
+            return fh
+        entries = self.dirs[fh] = await self.fs.readdir(node)
+        # what a kept listing holds: names, inode numbers and types
+        listing = tuple((name, child.ino, child.kind) for name, child in entries)
+        kept = self.kernel_listings.get(node.ino) == listing
+        if not kept:  # the kernel reads it anew, and keeps it
+            self.kernel_listings[node.ino] = listing
+            while len(self.kernel_listings) > KERNEL_LISTINGS:
+                del self.kernel_listings[next(iter(self.kernel_listings))]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=kept, cache_readdir=True)
 
     @translated
     async def readdir(self, fh: int, start_id: int, token: Any, inode: int | None = None) -> None:
