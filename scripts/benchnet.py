@@ -572,7 +572,16 @@ class Network:
         self._cpu_mark = 0.0
 
     def unavailable(self) -> str | None:
-        return tc_unavailable() if self.link is not None else None
+        """Why this network cannot be set up here (checked before the long setup), or None."""
+        if self.link is None:
+            return None
+        if why := tc_unavailable():
+            return why
+        current = root_qdisc()
+        if current and not current.startswith("qdisc noqueue"):
+            return (f"{DEVICE} already has a root qdisc ({current}); if a killed bench left it: "
+                    f"tc qdisc del dev {DEVICE} root")
+        return None
 
     def start(self, server_endpoint: str, check_bytes: int = 50_000_000) -> str:
         """Measure the proxy, then put it in front of the server; returns the endpoint."""
