@@ -78,6 +78,7 @@ from benchlib import (  # noqa: E402
     Sample,
     Scratch,
     cleanup_on_signals,
+    get_latency,
     list_keys,
     measure,
     s3_client,
@@ -531,6 +532,11 @@ def _main(args: argparse.Namespace, mode: dict[str, Any], systems: list[System],
     except RuntimeError as failure:
         print(f"--network {args.network}: {failure}", file=sys.stderr)
         return 2
+    if endpoint != server.endpoint:
+        direct, shaped = (get_latency(e, KEY_ID, SECRET, bucket, f"{TREE}/{wl.part[0]}")
+                          for e in (server.endpoint, endpoint))
+        network.header.append(f"  one small S3 GET at a time: {direct * 1e3:.1f} ms direct, "
+                              f"{shaped * 1e3:.1f} ms through the link")
     for line in network.header:
         print(line, file=sys.stderr)
     ctx = Ctx(work=work, server=server, endpoint=endpoint, bucket=bucket, s3=s3, wl=wl,

@@ -538,8 +538,8 @@ class ProxyCost:
         cpu_per_gb = self.proxied.cpu_s / (2 * self.nbytes / 1e9)
         return (f"proxy cost (delay 0, unshaped, vs direct): get {self.proxied.get_mbps:,.0f} "
                 f"vs {self.direct.get_mbps:,.0f} MB/s, put {self.proxied.put_mbps:,.0f} vs "
-                f"{self.direct.put_mbps:,.0f} MB/s, RTT +"
-                f"{(self.proxied.rtt_s - self.direct.rtt_s) * 1e6:.0f} us, "
+                f"{self.direct.put_mbps:,.0f} MB/s, 1-byte RTT {self.proxied.rtt_s * 1e6:.0f} "
+                f"vs {self.direct.rtt_s * 1e6:.0f} us, "
                 f"{cpu_per_gb:.2f} CPU s per GB forwarded")
 
 
