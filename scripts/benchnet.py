@@ -153,7 +153,10 @@ class _Side(asyncio.Protocol):
         self.pair.lost(self, exc)
 
     def pause_writing(self) -> None:
+        """Our socket's send buffer is full (HTB holding it back): stop reading what feeds it,
+        so a connection holds at most a window plus one buffer in the proxy."""
         self.write_paused = True
+        self.pair.other(self).pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -216,6 +219,7 @@ class DelayProxy:
     def __init__(self, target: tuple[str, int], delay: float) -> None:
         self.target, self.delay = target, delay
         self.server: asyncio.Server | None = None
+        self.connecting: set[asyncio.Task[None]] = set()   # held: the loop keeps weak refs
 
     async def start(self, port: int = 0) -> int:
         loop = asyncio.get_running_loop()
@@ -225,8 +229,9 @@ class DelayProxy:
 
     def _accept(self, loop: asyncio.AbstractEventLoop) -> _Side:
         pair = _Pair(loop, self.delay)
-        pair.client.pause()
-        loop.create_task(self._connect(loop, pair))
+        task = loop.create_task(self._connect(loop, pair))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
         return pair.client
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, pair: _Pair) -> None:
@@ -236,9 +241,8 @@ class DelayProxy:
             if pair.client.transport is not None:
                 pair.client.transport.abort()
             return
-        pair.client.resume()
         assert pair.client.out is not None
-        pair.client.out.schedule()
+        pair.client.out.schedule()    # what the client sent meanwhile is queued, not lost
 
 
 async def _serve(target: tuple[str, int], delay: float, port: int) -> None:
