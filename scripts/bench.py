@@ -2,12 +2,15 @@
 """Benchmark cachefs against its baselines and peers, all measured in one run.
 
     python scripts/bench.py [--quick] [--json FILE] [--png FILE] [--repeat N] [--only NAMES]
+                            [--network lo|ci|far]
 
 Starts SeaweedFS on 127.0.0.1, puts a Go-module-cache-shaped tree, big random files and the
 tree as one tar.zst into a bucket, then times each operation on each system cold (empty cache,
 page cache dropped), warm (remounted on the same cache dir, page cache dropped) and hot (page
 cache kept). Every number is a median of --repeat samples and every ratio is against a baseline
-measured in the same run, so a noisy machine shifts both sides alike. See docs/PERFORMANCE.md.
+measured in the same run, so a noisy machine shifts both sides alike. ``--network ci|far`` puts
+the server behind a delaying proxy and a rate limit (``benchnet.py``) that every system that
+talks to S3 goes through. See docs/PERFORMANCE.md.
 
 This file holds what is measured: the tunables (mount options), the systems and ``main``. To
 add a system, subclass ``FsSystem`` (anything with a directory to read; ``CachefsSystem`` for a
@@ -75,12 +78,14 @@ from benchlib import (  # noqa: E402
     Sample,
     Scratch,
     cleanup_on_signals,
+    get_latency,
     list_keys,
     measure,
     s3_client,
     version_of,
     warm_page_cache,
 )
+from benchnet import NETWORKS, Network  # noqa: E402
 from benchreport import Key, Row, summarize, table, write_png  # noqa: E402
 
 from tests.servers import KEY_ID, SECRET, SeaweedFS  # noqa: E402
@@ -135,7 +140,7 @@ class CachefsSystem(FsSystem):
         return list(CACHEFS_MOUNT_ARGS)
 
     def cli(self, ctx: Ctx, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        env = ctx.child_env() | ctx.server.env()
+        env = ctx.child_env() | ctx.s3_env()
         try:
             return subprocess.run([sys.executable, "-m", "cachefs", *args], env=env, text=True,
                                   capture_output=True, timeout=timeout, cwd=ROOT, check=False)
@@ -269,7 +274,7 @@ class S3fsSystem(ProcMountSystem):
         if not passwd.exists():
             passwd.write_text(f"{KEY_ID}:{SECRET}\n")
             passwd.chmod(0o600)
-        options = [f"url={ctx.server.endpoint}", "use_path_request_style",
+        options = [f"url={ctx.endpoint}", "use_path_request_style",
                    f"passwd_file={passwd}", f"use_cache={cache}", *S3FS_OPTIONS]
         return ["s3fs", ctx.bucket, str(mnt), "-f", *(a for o in options for a in ("-o", o))]
 
@@ -282,7 +287,7 @@ class RcloneSystem(ProcMountSystem):
         return None if shutil.which("rclone") else "rclone is not on PATH (apt-get install rclone)"
 
     def env(self, ctx: Ctx) -> dict[str, str]:
-        remote = {"TYPE": "s3", "PROVIDER": "SeaweedFS", "ENDPOINT": ctx.server.endpoint,
+        remote = {"TYPE": "s3", "PROVIDER": "SeaweedFS", "ENDPOINT": ctx.endpoint,
                   "ACCESS_KEY_ID": KEY_ID, "SECRET_ACCESS_KEY": SECRET, "REGION": "us-east-1",
                   "FORCE_PATH_STYLE": "true"}
         return ctx.child_env() | {f"RCLONE_CONFIG_BENCH_{k}": v for k, v in remote.items()}
@@ -307,7 +312,7 @@ class Boto3System(ApiSystem):
 
     def _client(self, ctx: Ctx) -> Any:
         if self.client is None:
-            self.client = s3_client(ctx.server.endpoint, KEY_ID, SECRET, UPLOAD_WORKERS)
+            self.client = s3_client(ctx.endpoint, KEY_ID, SECRET, UPLOAD_WORKERS)
         return self.client
 
     def download_tree(self, ctx: Ctx) -> list[Sample]:
@@ -402,7 +407,7 @@ class TarZstSystem(ApiSystem):
 
     def save(self, ctx: Ctx) -> list[Sample]:
         """``tar c | zstd -T0 -3`` to a file, then one multipart upload: what cache tools do."""
-        client = s3_client(ctx.server.endpoint, KEY_ID, SECRET, UPLOAD_WORKERS)
+        client = s3_client(ctx.endpoint, KEY_ID, SECRET, UPLOAD_WORKERS)
         out = ctx.scratch.disk_dir("tarzst-save") / "tree.tar.zst"
 
         def save() -> None:
@@ -415,7 +420,7 @@ class TarZstSystem(ApiSystem):
 
     def restore(self, ctx: Ctx) -> list[Sample]:
         dest = ctx.scratch.disk_dir("tarzst")
-        client = s3_client(ctx.server.endpoint, KEY_ID, SECRET, 4)
+        client = s3_client(ctx.endpoint, KEY_ID, SECRET, 4)
         s = measure(lambda: extract_archive(client, ctx.bucket, dest), files=ctx.wl.tree_files,
                     nbytes=ctx.wl.tree_bytes, timeout=ctx.timeout)
         check_tree(s, dest / TREE, ctx.wl)
@@ -452,6 +457,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                    help="where the scratch dir is made (default /var/tmp)")
     p.add_argument("--keep", action="store_true", help="keep the scratch dir (for debugging)")
+    p.add_argument("--network", choices=list(NETWORKS), default="lo",
+                   help="put S3 behind a shaped link: ci = 5 ms each way, 1 Gbit/s; far = 20 ms "
+                   "each way, 200 Mbit/s; lo = loopback as is (default). Needs root and tc")
     return p.parse_args(argv)
 
 
@@ -467,8 +475,11 @@ def choose(args: argparse.Namespace) -> tuple[list[System], list[str]]:
     return systems, [op for op in OP_INFO if not want_ops or op in want_ops]
 
 
-def bench(ctx: Ctx, systems: list[System], ops: list[str]) -> dict[Key, list[Sample]]:
+def bench(ctx: Ctx, systems: list[System], ops: list[str],
+          network: Network) -> tuple[dict[Key, list[Sample]], dict[str, float]]:
+    """Every measurement; also the proxy's CPU seconds per (operation, system) when shaped."""
     results: dict[Key, list[Sample]] = {}
+    proxy_cpu: dict[str, float] = {}
     for op in ops:
         for system in systems:
             if not system.states(op):
@@ -481,14 +492,21 @@ def bench(ctx: Ctx, systems: list[System], ops: list[str]) -> dict[Key, list[Sam
                 what = f"{s.seconds:.3f}s" if s.ok else f"FAILED: {s.error}"
                 ctx.say(f"{op:<9} {name:<8} {state:<4} #{n}: {what}")
 
+            network.cpu_since_mark()
             system.run(op, ctx, record)
-    return results
+            if network.proxy is not None:
+                proxy_cpu[f"{op} {system.name}"] = spent = network.cpu_since_mark()
+                ctx.say(f"{op:<9} {system.name:<8} the proxy used {spent:.1f} CPU s")
+    return results, proxy_cpu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     mode = QUICK if args.quick else FULL
     systems, ops = choose(args)
+    network = Network(args.network)
+    if why := network.unavailable():
+        raise SystemExit(f"--network {args.network}: {why}")
     work = Path(tempfile.mkdtemp(prefix="cachefs-bench-", dir=args.workdir))
     shm = Path("/dev/shm")
     mem = Path(tempfile.mkdtemp(prefix="cachefs-bench-", dir=shm)) if shm.is_dir() else None
@@ -496,14 +514,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     begun = time.monotonic()
     try:
         with cleanup_on_signals():
-            return _main(args, mode, systems, ops, work, mem, server, begun)
+            return _main(args, mode, systems, ops, work, mem, server, network, begun)
     except KeyboardInterrupt:
         print("\ninterrupted: unmounting and stopping what this run started", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not skip cleanup
-        for system in systems:
-            system.close()
+        try:
+            for system in systems:
+                system.close()
+        finally:
+            network.close()                            # loopback must never stay shaped
         server.stop()
         if mem is not None:
             shutil.rmtree(mem, ignore_errors=True)
@@ -515,7 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, mode: dict[str, Any], systems: list[System], ops: list[str],
-          work: Path, mem: Path | None, server: SeaweedFS, begun: float) -> int:
+          work: Path, mem: Path | None, server: SeaweedFS, network: Network,
+          begun: float) -> int:
     files = args.files or mode["files"]
     big_mib = args.big_mib or mode["big_mib"]
     repeat = args.repeat or mode["repeat"]
@@ -537,17 +559,36 @@ def _main(args: argparse.Namespace, mode: dict[str, Any], systems: list[System],
     wl = build_workload(work, files, mode["big"], big_mib * MiB, mode["write_mib"] * MiB)
     t1 = time.monotonic()
     upload_workload(s3, bucket, wl)
-    ctx = Ctx(work=work, server=server, bucket=bucket, s3=s3, wl=wl,
+    t2 = time.monotonic()
+    try:
+        endpoint = network.start(server.endpoint)
+    except RuntimeError as failure:
+        print(f"--network {args.network}: {failure}", file=sys.stderr)
+        return 2
+    if endpoint != server.endpoint:
+        direct, shaped = (get_latency(e, KEY_ID, SECRET, bucket, f"{TREE}/{wl.part[0]}")
+                          for e in (server.endpoint, endpoint))
+        network.header.append(f"  one small S3 GET at a time: {direct * 1e3:.1f} ms direct, "
+                              f"{shaped * 1e3:.1f} ms through the link")
+    for line in network.header:
+        print(line, file=sys.stderr)
+    ctx = Ctx(work=work, server=server, endpoint=endpoint, bucket=bucket, s3=s3, wl=wl,
               scratch=Scratch(work / "scratch", mem), repeat=repeat,
               peer_repeat=peer_repeat, timeout=args.timeout or mode["timeout"], started=begun)
     ctx.say(f"workload: {wl.describe()} (made in {t1 - t0:.0f}s, uploaded in "
-            f"{time.monotonic() - t1:.0f}s)")
-    results = bench(ctx, systems, ops)
+            f"{t2 - t1:.0f}s)")
+    results, proxy_cpu = bench(ctx, systems, ops, network)
     rows = summarize(results, OP_INFO, BASELINES, STATES, [s.name for s in systems])
     elapsed = time.monotonic() - begun
     print()
     print(f"cachefs benchmark, {'quick' if args.quick else 'full'} mode: {wl.describe()}; "
           f"median of {repeat} (s3fs, rclone: {peer_repeat}); {elapsed / 60:.1f} min")
+    for line in network.header:
+        print(line)
+    if proxy_cpu:
+        most = max(proxy_cpu, key=proxy_cpu.__getitem__)
+        print(f"  the proxy used {sum(proxy_cpu.values()):.1f} CPU s during the measurements "
+              f"(most in {most}: {proxy_cpu[most]:.1f} s)")
     print(table(rows))
     if not ctx.dropped:
         print("warning: could not drop the page cache (not root?): cold/warm are not cold")
@@ -557,7 +598,9 @@ def _main(args: argparse.Namespace, mode: dict[str, Any], systems: list[System],
         for e in dict.fromkeys(r.errors):
             print(f"error {r.op} {r.system} {r.state}: {e}")
     if args.json:
-        args.json.write_text(json.dumps(report_json(args, ctx, rows, skipped, elapsed), indent=1))
+        args.json.write_text(json.dumps(report_json(args, ctx, rows, skipped, elapsed) | {
+            "network": {"name": network.name, "link": network.link and vars(network.link),
+                        "header": network.header, "proxy_cpu_s": proxy_cpu}}, indent=1))
         print(f"JSON written to {args.json}")
     if args.png:
         print(write_png(rows, OP_INFO, args.png))

@@ -85,6 +85,7 @@ class Ctx:
 
     work: Path
     server: SeaweedFS
+    endpoint: str         # what the measured systems talk to: the server, or the shaped proxy
     bucket: str
     s3: Any
     wl: Workload
@@ -100,6 +101,10 @@ class Ctx:
 
     def drop_caches(self) -> None:
         self.dropped = drop_caches() and self.dropped
+
+    def s3_env(self) -> dict[str, str]:
+        """The server's keys, with the endpoint the measured systems are to use."""
+        return self.server.env() | {"CACHEFS_ENDPOINT": self.endpoint}
 
     def child_env(self) -> dict[str, str]:
         """The environment for daemons: no developer config, only the bench server's keys."""
