@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import filecmp
+import hashlib
 import os
 import subprocess
 import time
@@ -168,3 +169,26 @@ def test_the_kernel_keeps_listings_while_the_names_stay(
     while (names := sorted(os.listdir(m.path / "d"))) != ["a", "b", "c", "here"]:
         assert time.monotonic() < deadline, f"the listing stayed {names}"
         time.sleep(0.3)
+
+
+def test_read_only_mount_never_serves_a_corrupted_blob(
+        seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> None:
+    """A READ without an open is checked like any other: a blob damaged on disk is caught,
+    dropped and fetched again; its bad bytes never reach the reader."""
+    data = os.urandom(500_000)
+    seed(seaweed, bucket, {"f.bin": data})
+    m = mounter("--read-only", server=seaweed, bucket=bucket)
+    assert (m.path / "f.bin").read_bytes() == data
+    m.umount()
+    digest = hashlib.sha256(data).hexdigest()
+    blob = m.cache_dir / "blobs" / digest[:2] / digest
+    damaged = bytearray(blob.read_bytes())
+    damaged[12345] ^= 0x55
+    blob.write_bytes(bytes(damaged))
+    drop_caches()
+    again = mounter("--read-only", server=seaweed, bucket=bucket, cache_dir=m.cache_dir)
+    assert (again.path / "f.bin").read_bytes() == data
+    stats = again.control("stats")
+    assert stats["no_open"] is True and stats["requests"].get("open", 0) == 1
+    assert stats["errors"]["corrupt_blob"] == 1
+    assert stats["counters"]["fetched_objects"] == 1
