@@ -91,7 +91,6 @@ class Fetcher:
         self._nursery: trio.Nursery | None = None
         self.events: FetchEvents = events or NoEvents()
 
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
