@@ -55,7 +55,7 @@ class Staging:
     #: readers following this content (ReadHandle.follow): the fd stays open while they read
     readers: int = 0
     #: opened without O_TRUNC and not changed yet: the content is still this blob's, not
-    #: copied in (a blobs.BlobReader; see Writes.materialize)
+    #: copied in (a blobs.BlobReader; see Writes._materialize)
     lazy: Any = None
     #: the last writer let go; the fd closes when the last reader does
     retired: bool = False
