@@ -106,6 +106,35 @@ def test_readers_on_a_read_write_mount_send_no_flush(
     assert body == b"written\n"
 
 
+def test_a_hot_copy_reads_nothing_ahead_and_dropped_pages_bring_read_ahead_back(
+        seaweed: SeaweedFS, bucket: str, mounter: Mounter, tmp_path: Path) -> None:
+    """The prefetcher leaves alone the files whose pages the kernel holds (a hot `cp -r` costs
+    no worker thread per file); a READ of one shows the belief wrong, and it reads ahead
+    again. Either way every byte is right."""
+    seed(seaweed, bucket, FILES)
+    m = mounter(server=seaweed, bucket=bucket)
+
+    def counters() -> dict[str, int]:
+        return dict(m.control("stats")["counters"])
+
+    def copied(dest: Path) -> None:
+        copy(m.path / "mods", dest)
+        for key, data in FILES.items():
+            assert (dest / key.removeprefix("mods/")).read_bytes() == data, key
+
+    copied(tmp_path / "cold")  # fetches everything
+    copied(tmp_path / "first")  # all local: the blobs are read ahead for the kernel
+    before, reads = counters(), requests(m)["read"]
+    copied(tmp_path / "hot")  # the kernel has every page
+    after = counters()
+    assert requests(m)["read"] == reads, "the kernel had to ask for pages"
+    assert after.get("prefetch_local", 0) == before.get("prefetch_local", 0), (before, after)
+    drop_caches()  # the belief is now wrong: the first READ withdraws it
+    copied(tmp_path / "dropped")
+    assert requests(m)["read"] > reads
+    assert counters().get("prefetch_local", 0) > after.get("prefetch_local", 0)
+
+
 def test_read_only_mount_lists_names_added_to_the_store(
         seaweed: SeaweedFS, bucket: str, mounter: Mounter) -> None:
     """Listings of a no-open mount are still read through the daemon: a name the store gains

@@ -108,7 +108,7 @@ class CacheFS:
             keep = False
         else:
             handle = await self.reads.open(node)
-            keep = self.reads.keep_cache(handle)
+            keep = handle.keep_cache
         return self.files.add(handle), keep
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:

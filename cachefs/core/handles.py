@@ -118,6 +118,12 @@ class ReadHandle:
         self.version: object = None
         #: opened while another version is being read or written: bypass the page cache
         self.direct_io = False
+        #: the kernel may keep (and use) the pages read through this handle
+        self.keep_cache = False
+        #: READs served, and whether one reached the end of the file (at close, the kernel
+        #: then holds all of it: remote/prefetch.KernelPages)
+        self.reads = 0
+        self.read_to_end = False
 
     def follow(self, staging: Staging) -> None:
         """Read the file's staging file, and the next one, while this handle is open."""

@@ -16,6 +16,7 @@ from ..errors import ChecksumMismatch, ObjectChanged
 from ..nodes import InodeTable, Node
 from ..remote.fetch import ReadTheBlob
 from ..remote.namespace import Namespace
+from ..remote.prefetch import KernelPages
 from ..tier.blobs import BlobReader
 from .content import Contents
 from .handles import OpenFiles, ReadHandle
@@ -37,7 +38,8 @@ def content_token(node: Node) -> object:
 class Reads:
     def __init__(self, *, ns: Namespace, table: InodeTable, contents: Contents,
                  files: OpenFiles, limits: Limiters, opts: Options,
-                 on_open: Callable[[Node], None] = lambda node: None) -> None:
+                 on_open: Callable[[Node], None] = lambda node: None,
+                 pages: KernelPages | None = None) -> None:
         self.ns = ns
         self.table = table
         self.contents = contents
@@ -46,6 +48,8 @@ class Reads:
         self.opts = opts
         #: told about every open for reading (the prefetcher's look-ahead)
         self.on_open = on_open
+        #: which files the kernel holds whole (told at close; read by the prefetcher)
+        self.pages = pages or KernelPages()
         #: readers of files the kernel opened by itself (no-open), by inode, oldest first
         self.unopened: OrderedDict[int, ReadHandle] = OrderedDict()
         #: inodes whose reader was of a version replaced mid-read: READs past the start fail
@@ -67,6 +71,7 @@ class Reads:
         # around the cache.
         handle.direct_io = node.staging is not None or \
             self.files.reads_other_version(node, handle.version)
+        handle.keep_cache = self.keep_cache(handle)
         self.on_open(node)
         return handle
 
@@ -77,6 +82,10 @@ class Reads:
         return handle.reader is not None and not handle.direct_io
 
     async def read(self, handle: ReadHandle, offset: int, size: int) -> bytes:
+        self.pages.missed(handle.node, handle.version)
+        handle.reads += 1
+        if offset + size >= handle.node.size:
+            handle.read_to_end = True
         if handle.staging is not None:
             return await handle.read_staging(offset, size)
         for _ in range(READ_ATTEMPTS):
@@ -161,6 +170,9 @@ class Reads:
         try:
             handle.close()
             node.readers -= 1
+            if handle.keep_cache and (handle.reads == 0 or handle.read_to_end) and \
+                    handle.version == content_token(node):
+                self.pages.held(node, handle.version)
             if handle.version is not None and handle.version != content_token(node):
                 self.ns.notifier.inode_changed(node.ino)  # drop the old version's pages
         finally:

@@ -31,7 +31,7 @@ from ..core.fs import CacheFS, Rooms
 from ..core.handles import OpenFiles
 from ..core.options import Limiters, Options
 from ..core.packdir import Layers
-from ..core.read import Reads
+from ..core.read import Reads, content_token
 from ..core.seal import Sealer
 from ..core.tree import Tree
 from ..core.uploads import Uploads
@@ -60,7 +60,7 @@ from ..remote.fetch import Fetcher
 from ..remote.manifest import ManifestWriter
 from ..remote.namespace import Namespace
 from ..remote.origin import OriginClient
-from ..remote.prefetch import Prefetcher, warm
+from ..remote.prefetch import KernelPages, Prefetcher, warm
 from ..remote.writeback import WriteBack
 from ..store import Store, open_store, parse_store_url
 from ..tier.blobs import BlobTier
@@ -205,9 +205,10 @@ class Daemon:
                                etag_check=config.etag_check, events=arrivals)
         contents = Contents(blobs=self.blobs, fetcher=self.fetcher, packs=self.packs,
                             origins=self.origins, arrivals=arrivals, stats=self.stats, **shared)
+        pages = KernelPages()
         self.prefetcher = Prefetcher(self.ns, cached_paths=contents.cached_paths,
                                      start_fetch=contents.start_fetch, disk=lim.disk,
-                                     stats=self.stats)
+                                     stats=self.stats, pages=pages, token=content_token)
         overlay = self.table.root.pack_dir is PackDir.PACK and not config.read_only
         layers = Layers(table=self.table, blobs=self.blobs, overlay_root=overlay,
                         build_dir=self.cache_dir / packbuild.LOG_DIR, **shared)
@@ -223,7 +224,7 @@ class Daemon:
                       writes=writes, uploads=uploads, files=files, manifests=self.manifests,
                       metadata=self.metadata, origins=self.origins, **shared),
             reads=Reads(table=self.table, contents=contents, files=files,
-                        on_open=self.prefetcher.opened, **shared),
+                        on_open=self.prefetcher.opened, pages=pages, **shared),
             writes=writes,
             sealer=Sealer(layers=layers, writes=writes, uploads=uploads, blobs=self.blobs,
                           manifests=self.manifests, stats=self.stats, **shared),

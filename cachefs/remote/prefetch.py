@@ -6,6 +6,9 @@ a window of the next files (by count and bytes) on their way: files not yet cach
 from the store with bounded parallelism, and cached ones are read into the page cache from the
 blob tier in the background. A serial reader then never waits for one request's latency or one
 disk seek at a time. An open out of order starts over; the window bounds what a wrong guess costs.
+
+Files whose pages the kernel already holds (a hot `cp -r`: opened, closed, never a READ) are left
+alone: reading their blobs from disk again would only cost a worker thread per file.
 """
 
 from __future__ import annotations
@@ -38,12 +41,48 @@ class Window:
     parallel: int = 16
 
 
+class KernelPages:
+    """Which files' pages the kernel is believed to hold: told by the core when a reader that
+    kept its pages closes having read all of the file (or nothing: the pages were there).
+
+    A belief, never a guarantee: the kernel drops pages under memory pressure or on
+    ``drop_caches``. A READ of a file believed held shows that, and withdraws every belief
+    (they were likely dropped together). Wrong costs speed, never correctness: a READ is
+    always served.
+    """
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.epoch = 0
+        self.limit = limit
+        #: inode -> (content token, epoch) of what the kernel was left holding
+        self._held: dict[int, tuple[object, int]] = {}
+
+    def held(self, node: Node, token: object) -> None:
+        self._held[node.ino] = (token, self.epoch)
+        if len(self._held) > self.limit:
+            del self._held[next(iter(self._held))]
+
+    def holds(self, node: Node, token: object) -> bool:
+        return self._held.get(node.ino) == (token, self.epoch)
+
+    def missed(self, node: Node, token: object) -> None:
+        """The kernel asked for a page of ``node``: if it was believed held, none is."""
+        if self.holds(node, token):
+            self.epoch += 1
+            self._held.clear()
+
+
 class Prefetcher:
     def __init__(self, ns: Namespace, *,
                  cached_paths: Callable[[Node], list[Path] | None],
                  start_fetch: Callable[[Node, int], Awaitable[object] | None],
-                 disk: trio.CapacityLimiter, stats: Stats, window: Window | None = None) -> None:
+                 disk: trio.CapacityLimiter, stats: Stats, window: Window | None = None,
+                 pages: KernelPages | None = None,
+                 token: Callable[[Node], object] = lambda node: None) -> None:
         self.ns = ns
+        #: files the kernel holds need no read-ahead; ``token`` names a node's content
+        self.pages = pages or KernelPages()
+        self.token = token
         #: local files holding a node's content, if all of it is cached
         self.cached_paths = cached_paths
         #: starts bringing a node's content into the blob tier; None if it cannot
@@ -59,6 +98,9 @@ class Prefetcher:
         self._wake = trio.Event()
         self._slots = trio.Semaphore(self.window.parallel)
         self._nursery: trio.Nursery | None = None
+        #: blob files to read into the page cache, by one worker at a time
+        self._to_warm: list[Path] = []
+        self._warming = False
 
     def opened(self, node: Node) -> None:
         """A file was opened for reading (called by the core, on the trio thread)."""
@@ -114,6 +156,8 @@ class Prefetcher:
             if node.ino in self._started:
                 continue
             self._started.add(node.ino)
+            if self.pages.holds(node, self.token(node)):
+                continue
             paths = self.cached_paths(node)
             if paths is not None:
                 warm.update(dict.fromkeys(paths))
@@ -122,8 +166,11 @@ class Prefetcher:
                 self._nursery.start_soon(self._fetch, node)
         if warm:
             self.stats.count("prefetch_local", len(warm))
-            assert self._nursery is not None
-            self._nursery.start_soon(self._warm, list(warm))
+            self._to_warm.extend(warm)
+            if not self._warming:
+                self._warming = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._warm)
 
     async def _fetch(self, node: Node) -> None:
         async with self._slots:
@@ -138,17 +185,15 @@ class Prefetcher:
             except CacheFSError as e:
                 log.debug("prefetch of %s failed: %s", node.describe(), e)
 
-    async def _warm(self, paths: list[Path]) -> None:
-        def readahead() -> None:
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                    finally:
-                        os.close(fd)
-
-        await trio.to_thread.run_sync(readahead, limiter=self.disk)
+    async def _warm(self) -> None:
+        """Read planned blobs into the page cache, in batches: a reader that opens a file at a
+        time adds one at a time, and a thread hop per file would cost more than it saves."""
+        try:
+            while self._to_warm:
+                paths, self._to_warm = self._to_warm, []
+                await trio.to_thread.run_sync(_readahead, paths, limiter=self.disk)
+        finally:
+            self._warming = False
 
     async def _successors(self, node: Node) -> AsyncIterator[Node]:
         """Files after ``node`` in tree order: later siblings (and what is below them), then
@@ -161,6 +206,16 @@ class Prefetcher:
             async for file in _files_of(self.ns, children, later):
                 yield file
             current = parent
+
+
+def _readahead(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
 
 async def tree_files(ns: Namespace, directory: Node) -> AsyncIterator[Node]:
