@@ -203,9 +203,9 @@ def write_random(path: Path, size: int, rng: random.Random) -> None:
             left -= n
 
 
-def make_archive(local: Path, out: Path) -> int:
+def make_archive(local: Path, out: Path, tree: str = TREE) -> int:
     """``tar -cf - TREE | zstd -T0 -3``, what CLI cache tools upload; returns its size."""
-    proc = subprocess.Popen(["tar", "-C", str(local), "-cf", "-", TREE], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(["tar", "-C", str(local), "-cf", "-", tree], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     with open(out, "wb") as f:
         zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(proc.stdout, f)
@@ -275,9 +275,9 @@ def upload_workload(client: Any, bucket: str, wl: Workload) -> None:
         raise BenchError(f"bucket holds {stored} tree objects, expected {wl.tree_files}")
 
 
-def extract_archive(client: Any, bucket: str, dest: Path) -> None:
+def extract_archive(client: Any, bucket: str, dest: Path, key: str = ARCHIVE_KEY) -> None:
     """Stream the tar.zst: GET -> zstd -> ``tar -x``, each stage overlapping the next."""
-    body = client.get_object(Bucket=bucket, Key=ARCHIVE_KEY)["Body"]
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
     tar = subprocess.Popen(["tar", "-x", "-C", str(dest)], stdin=subprocess.PIPE,
                            stderr=subprocess.PIPE, start_new_session=True)
     assert tar.stdin is not None
