@@ -11,9 +11,10 @@ from pathlib import Path
 
 import trio
 
-from ..errors import CacheFSError, InvalidArgument, NotFound
+from ..errors import CacheFSError, Detached, InvalidArgument, NotFound
 from ..metrics import Stats
 from ..nodes import Kind, Node
+from ..pack.format import unit_of
 from ..pack.mounted import PackFile, PackFileReader, Packs
 from ..remote.fallback import OriginFallback
 from ..remote.fetch import SMALL, Fetch, Fetcher
@@ -195,10 +196,22 @@ class Contents:
         digest = self.local_digest(node)
         return [self.blobs.path(digest)] if digest is not None else None
 
-    def start_fetch(self, node: Node, max_size: int) -> Awaitable[object] | None:
-        """Begin bringing ``node``'s content into the blob tier."""
+    def unit(self, node: Node) -> object:
+        """The unit ``node`` is read with (pack/format.unit_of: its Go module, else its
+        top-level directory; in a pack, counted from the pack's top)."""
         if isinstance(node.pack_file, PackFile):
-            return self.packs.ensure(node.pack_file)
+            return (id(node.pack_file.pack), unit_of(node.pack_file.entry.path))
+        try:
+            return unit_of(node.path())
+        except Detached:
+            return None
+
+    def start_fetch(self, node: Node, max_size: int, ahead: bool = False) \
+            -> Awaitable[object] | None:
+        """Begin bringing ``node``'s content into the blob tier; ``ahead``: for a reader going
+        through the whole tree (a pack's GET may run on into the next units' frames)."""
+        if isinstance(node.pack_file, PackFile):
+            return self.packs.ensure(node.pack_file, ahead)
         if node.etag is not None and node.size <= max_size:
             fetch = self.fetcher.fetch(self.ns.key(node), node.etag, node.size,
                                        self.known_sha(node))

@@ -208,7 +208,8 @@ class Daemon:
         pages = KernelPages()
         self.prefetcher = Prefetcher(self.ns, cached_paths=contents.cached_paths,
                                      start_fetch=contents.start_fetch, disk=lim.disk,
-                                     stats=self.stats, pages=pages, token=content_token)
+                                     stats=self.stats, pages=pages, token=content_token,
+                                     unit=contents.unit)
         overlay = self.table.root.pack_dir is PackDir.PACK and not config.read_only
         layers = Layers(table=self.table, blobs=self.blobs, overlay_root=overlay,
                         build_dir=self.cache_dir / packbuild.LOG_DIR, **shared)

@@ -3,7 +3,9 @@
     [frame 0][frame 1]...[frame N-1][table of contents][trailer]
 
 Frames are independent zstd frames of at most FRAME_TARGET bytes of file data; small files are
-grouped (in tree order, so a directory's files sit together) and large files are split. Identical
+grouped (in tree order, so a directory's files sit together) and large files are split. A frame
+never holds files of two units (unit_of: a Go module, else a top-level directory), so a build
+that reads some modules fetches those modules and nothing of their neighbours. Identical
 files are stored once. The table of contents (zstd-compressed JSON) lists every entry and where
 its bytes lie; the fixed-size trailer at the very end says where the table is. A reader fetches
 the trailer and the table once, then single frames with ranged GETs.
@@ -37,6 +39,17 @@ TRAILER = struct.Struct(">8sIIQQQ32s")
 #: enough that a tree of 20,000 files is a few hundred requests
 FRAME_TARGET = 2 << 20
 FORMAT = "cachefs-pack"
+
+
+def unit_of(path: str) -> str:
+    """The part of a tree that is read as one: a Go module (the path up to its first component
+    holding an ``@``: ``<module>@<version>``, or ``<module>/@v`` in the download cache), else
+    the top-level directory ('' for a file at the top). Frames never span two."""
+    parts = path.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if "@" in part:
+            return "/".join(parts[:i + 1])
+    return parts[0] if len(parts) > 1 else ""
 
 
 @dataclasses.dataclass
@@ -164,6 +177,7 @@ class PackBuilder:
         self.offset = 0
         self.bytes_in = 0
         self._buffer = bytearray()
+        self._unit = ""  # of the files in the open frame
         self._pending: collections.deque[tuple[int, concurrent.futures.Future[bytes]]] = \
             collections.deque()
         self._by_digest: dict[str, list[tuple[int, int, int]]] = {}
@@ -187,9 +201,11 @@ class PackBuilder:
         entry = self._file_entry(path, mode, mtime_ns, len(data), digest)
         if entry is None:
             return
-        if data and len(self._buffer) + len(data) > FRAME_TARGET:
+        unit = unit_of(path)
+        if data and (len(self._buffer) + len(data) > FRAME_TARGET or unit != self._unit):
             self._close_frame()
         if data:
+            self._unit = unit
             entry.extents = [(len(self.frames), len(self._buffer), len(data))]
             self._buffer += data
         self._by_digest[digest] = entry.extents

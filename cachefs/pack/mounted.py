@@ -5,6 +5,10 @@ under the pack's (key, ETag), and turned into nodes in one go: listings and `sta
 never touch the store. A file's bytes live in frames; a frame is fetched with one ranged GET,
 decompressed, checked against its SHA-256 and kept (decompressed) in the blob tier, so reading a
 file is a slice of a verified local blob. A corrupted frame is discarded and fetched again.
+
+Neighbouring frames go in one GET (a run, up to RUN_BYTES): a reader's run stays inside the
+frame's unit (format.unit_of: its module), so a build reading some modules fetches only them;
+the prefetcher's, behind a reader going through the whole tree, runs on across units.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from ..store.retry import REQUEST, retry
 from ..tier.blobs import BlobReader, BlobTier, DigestBuilder
 from . import codec
 from . import tarzst as tarpack
-from .format import TRAILER, Entry, Toc, decode_toc, decode_trailer
+from .format import TRAILER, Entry, Toc, decode_toc, decode_trailer, unit_of
 from .usage import UseRecorder
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,9 @@ T = TypeVar("T")
 
 #: a damaged range (bad trailer or table) is fetched again like a failed one
 PACK_REQUEST = dataclasses.replace(REQUEST, retryable=(StoreUnavailable, ChecksumMismatch))
+#: compressed bytes fetched with one ranged GET at most (neighbouring frames coalesced); with
+#: the prefetcher's 16 fetches at once, what a mount holds in flight stays under 64 MiB
+RUN_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,14 @@ class PackRef:
 class LoadedPack:
     ref: PackRef
     toc: Toc
+    #: frame index -> the unit (format.unit_of) of the first file stored in it
+    units: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for entry in self.toc.entries:
+            for index, _, _ in entry.extents:
+                if index not in self.units:
+                    self.units[index] = unit_of(entry.path)
 
 
 @dataclasses.dataclass(eq=False)
@@ -241,54 +256,95 @@ class Packs:
             return [self.blobs.path(d) for d in digests]
         return None
 
-    async def ensure(self, file: PackFile) -> None:
-        """Every frame of the file in the blob tier (fetched in parallel if needed)."""
+    async def ensure(self, file: PackFile, ahead: bool = False) -> None:
+        """Every frame of the file in the blob tier (fetched in parallel if needed);
+        ``ahead``: for a reader going through the whole tree, runs may cross units."""
         indexes = sorted({i for i, _, _ in file.entry.extents})
         async with trio.open_nursery() as nursery:
             for index in indexes:
-                nursery.start_soon(self.ensure_frame, file.pack, index)
+                nursery.start_soon(self.ensure_frame, file.pack, index, ahead)
 
-    async def ensure_frame(self, pack: LoadedPack, index: int) -> str:
-        frame = pack.toc.frames[index]
-        digest = frame.sha256
+    async def ensure_frame(self, pack: LoadedPack, index: int, ahead: bool = False) -> str:
+        """The frame in the blob tier: there already, on its way, or fetched now, with the
+        missing frames after it in the same GET (``_run``)."""
+        digest = pack.toc.frames[index].sha256
         while not self.blobs.has(digest):
             busy = self._frames.get(digest)
             if busy is not None:
                 await busy.wait()
                 continue
-            event = self._frames[digest] = trio.Event()
+            run = self._run(pack, index, ahead)
+            events = {pack.toc.frames[i].sha256: trio.Event() for i in run}
+            self._frames.update(events)
             try:
-                await self._fetch_frame(pack, index)
+                await self._fetch_run(pack, run)
             finally:
-                del self._frames[digest]
-                event.set()
+                for d, event in events.items():
+                    del self._frames[d]
+                    event.set()
         return digest
 
-    async def _fetch_frame(self, pack: LoadedPack, index: int) -> None:
-        frame = pack.toc.frames[index]
+    def _run(self, pack: LoadedPack, index: int, ahead: bool) -> list[int]:
+        """``index`` and the frames after it that are missing, stored next to it (same object,
+        contiguous) and, unless ``ahead``, of its unit: up to RUN_BYTES. ``ahead`` (the
+        prefetcher's many fetches at once, which start in no set order) takes the missing
+        frames right before it too, so whichever starts first fetches the whole stretch."""
+        if pack.ref.kind == "tar.zst":
+            return [index]
+        frames = pack.toc.frames
+        seen = {frames[index].sha256}
+        budget = [RUN_BYTES - frames[index].clen]
+
+        def joins(i: int, neighbour: int) -> bool:
+            frame, other = frames[i], frames[neighbour]
+            first, second = (frame, other) if i < neighbour else (other, frame)
+            ok = frame.source == other.source and first.offset + first.clen == second.offset \
+                and (ahead or pack.units.get(i) == pack.units.get(index)) \
+                and frame.sha256 not in seen and frame.sha256 not in self._frames \
+                and not self.blobs.has(frame.sha256) and frame.clen <= budget[0]
+            if ok:
+                seen.add(frame.sha256)
+                budget[0] -= frame.clen
+            return ok
+
+        before = index
+        while ahead and before > 0 and joins(before - 1, before):
+            before -= 1
+        after = index
+        while after + 1 < len(frames) and joins(after + 1, after):
+            after += 1
+        return list(range(before, after + 1))
+
+    async def _fetch_run(self, pack: LoadedPack, run: list[int]) -> None:
+        """Fetch frames ``run`` (neighbours in one object) with one ranged GET; each is
+        decompressed, checked and kept on its own."""
+        frames = [pack.toc.frames[i] for i in run]
         if pack.ref.kind == "tar.zst":  # the archive's only frame is the whole tar
             _, toc = await self._fetch_tar(pack.ref)
-            if toc.frames[0].sha256 != frame.sha256:
+            if toc.frames[0].sha256 != frames[0].sha256:
                 raise ChecksumMismatch(f"{pack.ref.key}: the archive decompresses to "
                                        "different bytes than when it was indexed")
             return
-
         holder = pack.ref
-        if frame.source:  # stored in an earlier pack this one builds on
-            key, etag = pack.toc.sources[frame.source - 1]
+        if frames[0].source:  # stored in an earlier pack this one builds on
+            key, etag = pack.toc.sources[frames[0].source - 1]
             holder = PackRef(key, etag, 0)
+        start = frames[0].offset
+        length = frames[-1].offset + frames[-1].clen - start
+        what = f"frames {run[0]}-{run[-1]} of {pack.ref.key}"
+        compressed = await self._retrying(what, lambda: self._range(holder, start, length))
+        self.stats.count("pack_gets")
+        for index, frame in zip(run, frames, strict=True):
+            part = compressed[frame.offset - start:frame.offset - start + frame.clen]
+            await self._keep_frame(pack, index, holder, part)
 
-        def fetch() -> bytes:
-            compressed = self._range(holder, frame.offset, frame.clen)
-            return compressed
-
-        compressed = await self._retrying(f"frame {index} of {pack.ref.key}", fetch)
-
-        def unpack() -> bytes:
-            return codec.decompress(compressed, frame.ulen)
-
+    async def _keep_frame(self, pack: LoadedPack, index: int, holder: PackRef,
+                          compressed: bytes) -> None:
+        """Decompress, check and keep one frame; one that fails is fetched again, once."""
+        frame = pack.toc.frames[index]
         for attempt in range(2):
-            data = await trio.to_thread.run_sync(unpack, limiter=self.cpu)
+            data = await trio.to_thread.run_sync(codec.decompress, compressed, frame.ulen,
+                                                 limiter=self.cpu)
             digest = await self._keep(data, [])
             if digest == frame.sha256:
                 break
@@ -296,7 +352,9 @@ class Packs:
             self.stats.error("corrupt_frame")
             if attempt == 1:
                 raise ChecksumMismatch(f"{pack.ref.key}: frame {index} fails its checksum")
-            compressed = await self._retrying(f"frame {index} of {pack.ref.key}", fetch)
+            compressed = await self._retrying(
+                f"frame {index} of {pack.ref.key}",
+                lambda: self._range(holder, frame.offset, frame.clen))
         self.stats.count("pack_frames_fetched")
         self.stats.count("bytes_from_store", frame.clen)
 

@@ -7,6 +7,11 @@ from the store with bounded parallelism, and cached ones are read into the page 
 blob tier in the background. A serial reader then never waits for one request's latency or one
 disk seek at a time. An open out of order starts over; the window bounds what a wrong guess costs.
 
+The window stops at the end of the reader's unit (a Go module, else a top-level directory:
+pack/format.unit_of) until the reader goes on into the next unit in order: a build that reads
+every tenth module gets those modules, not the nine between; `cp -r` crosses into the next unit
+and from then on the window runs across units.
+
 Files whose pages the kernel already holds (a hot `cp -r`: opened, closed, never a READ) are left
 alone: reading their blobs from disk again would only cost a worker thread per file.
 """
@@ -75,23 +80,32 @@ class KernelPages:
 class Prefetcher:
     def __init__(self, ns: Namespace, *,
                  cached_paths: Callable[[Node], list[Path] | None],
-                 start_fetch: Callable[[Node, int], Awaitable[object] | None],
+                 start_fetch: Callable[[Node, int, bool], Awaitable[object] | None],
                  disk: trio.CapacityLimiter, stats: Stats, window: Window | None = None,
                  pages: KernelPages | None = None,
-                 token: Callable[[Node], object] = lambda node: None) -> None:
+                 token: Callable[[Node], object] = lambda node: None,
+                 unit: Callable[[Node], object] = lambda node: None) -> None:
         self.ns = ns
+        #: the unit a node belongs to (read past only once the reader is past it)
+        self.unit = unit
         #: files the kernel holds need no read-ahead; ``token`` names a node's content
         self.pages = pages or KernelPages()
         self.token = token
         #: local files holding a node's content, if all of it is cached
         self.cached_paths = cached_paths
-        #: starts bringing a node's content into the blob tier; None if it cannot
+        #: starts bringing a node's content into the blob tier (the last argument: the
+        #: reader goes through the whole tree); None if it cannot
         self.start_fetch = start_fetch
         self.disk = disk
         self.stats = stats
         self.window = window or Window()
         self.plan: collections.deque[Node] = collections.deque()
         self.active = False  # two opens in a row followed the plan
+        #: the unit of the last file opened, and whether the reader went from one unit
+        #: straight into the next (then the window runs across units)
+        self._unit: object = None
+        self.crossed = False
+        self._units: dict[int, object] = {}  # of the planned nodes, by inode
         self._walk: AsyncIterator[Node] | None = None
         self._stale_walks: list[AsyncIterator[Node]] = []
         self._started: set[int] = set()  # inodes already fetched or warmed in this stream
@@ -105,14 +119,22 @@ class Prefetcher:
     def opened(self, node: Node) -> None:
         """A file was opened for reading (called by the core, on the trio thread)."""
         if node in self.plan:
+            skipped = []
             while self.plan and self.plan[0] is not node:
-                self.plan.popleft()
+                skipped.append(self._units.pop(self.plan.popleft().ino, None))
             self.plan.popleft()
+            unit = self._units.pop(node.ino, None)
             self.active = True
+            if unit != self._unit:  # straight on from the last unit, or skipping some?
+                self.crossed = all(u == self._unit for u in skipped)
+                self._unit = unit
         else:
             self.plan.clear()
+            self._units.clear()
             self._started.clear()
             self.active = False
+            self.crossed = False
+            self._unit = self.unit(node)
             if self._walk is not None:
                 self._stale_walks.append(self._walk)
             self._walk = self._successors(node)
@@ -148,11 +170,14 @@ class Prefetcher:
             if walk is not self._walk:  # a new stream started while we listed
                 return
             self.plan.append(node)
+            self._units[node.ino] = self.unit(node)
             planned_bytes += node.size
         if not self.active:
             return  # planned, but not acted on until the reader confirms the order
         warm: dict[Path, None] = {}  # ordered, without repeats (pack files share frames)
         for node in self.plan:
+            if not self.crossed and self._units.get(node.ino) != self._unit:
+                break  # not past the reader's unit until the reader is
             if node.ino in self._started:
                 continue
             self._started.add(node.ino)
@@ -176,7 +201,7 @@ class Prefetcher:
         async with self._slots:
             if self.cached_paths(node) is not None:
                 return
-            waiting = self.start_fetch(node, self.window.max_file)
+            waiting = self.start_fetch(node, self.window.max_file, self.crossed)
             if waiting is None:
                 return
             self.stats.count("prefetch_store")
@@ -241,7 +266,7 @@ async def _files_of(ns: Namespace, children: dict[str, Node],
 
 
 async def warm(ns: Namespace, top: Node, *, cached_paths: Callable[[Node], list[Path] | None],
-               start_fetch: Callable[[Node, int], Awaitable[object] | None], stats: Stats,
+               start_fetch: Callable[[Node, int, bool], Awaitable[object] | None], stats: Stats,
                parallel: int = 32) -> dict[str, int]:
     """`cachefs warm`: bring every file below ``top`` into the blob tier, many at a time."""
     files = [top] if top.kind is Kind.FILE else [n async for n in tree_files(ns, top)]
@@ -255,7 +280,7 @@ async def warm(ns: Namespace, top: Node, *, cached_paths: Callable[[Node], list[
             if cached_paths(node) is not None:
                 result["cached"] += 1
             else:
-                waiting = start_fetch(node, 1 << 62)
+                waiting = start_fetch(node, 1 << 62, True)
                 if waiting is None:
                     result["skipped"] += 1
                 else:
