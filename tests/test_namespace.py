@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 
 from cachefs.errors import Detached
 from cachefs.store import ListPage
@@ -95,7 +96,7 @@ async def test_a_remount_does_not_list_the_roots_own_attributes_as_a_child(tmp_p
         await core.daemon.xattrs.set(core.fs.ns.root, "user.note", b"root")  # saves SELF
         assert await core.ls("") == ["a"]
         await core.fs.sync()
-    async with running_core(store, tmp_path / "c") as core:
+    async with running_core(store, tmp_path / "c", metadata_ttl=0) as core:
         assert await core.ls("") == ["a"]
         assert await core.ls("a") == ["f.txt"]  # a walk: the whole tree is listed too
         with trio.fail_after(10):
@@ -103,3 +104,25 @@ async def test_a_remount_does_not_list_the_roots_own_attributes_as_a_child(tmp_p
                 await trio.sleep(0.01)
         assert "." not in (core.fs.ns.root.children or {})
         await core.fs.sync()  # flushes the listings
+
+
+async def test_a_remount_lists_from_the_cache_dir_and_starts_no_walk(tmp_path: Path) -> None:
+    """Listings kept in the cache dir and still fresh are a remount's listings: walking the
+    tree again (a warm `find`, `cp -r`) asks the store nothing. (It used to take them for a
+    walk through the store and list the whole subtree again, which readers waited for.)"""
+    store = MemoryStore()
+    for i in range(3):
+        store.add(f"m{i}@v1/pkg/f.go", b"package pkg\n")
+    async with running_core(store, tmp_path / "c") as core:
+        for path in ("", "m0@v1", "m0@v1/pkg", "m1@v1", "m1@v1/pkg"):
+            await core.ls(path)
+        await core.fs.sync()  # flushes the listings
+    async with running_core(store, tmp_path / "c") as core:
+        store.requests.clear()
+        assert await core.ls("") == ["m0@v1", "m1@v1", "m2@v1"]
+        assert await core.ls("m0@v1") == ["pkg"]
+        assert await core.ls("m0@v1/pkg") == ["f.go"]
+        assert await core.ls("m1@v1/pkg") == ["f.go"]
+        await trio.lowlevel.checkpoint()  # a walk would have started by now
+        assert not core.fs.ns._flat
+        assert [r for r in store.requests if r[0] == "list"] == []

@@ -176,11 +176,12 @@ class Namespace:
                 continue  # another task may have started listing it meanwhile
             event = self._listing[directory.ino] = trio.Event()
             try:
-                await self._list(directory)
+                from_store = await self._list(directory)
             finally:
                 del self._listing[directory.ino]
                 event.set()
-            self._maybe_walk(directory)
+            if from_store:  # (a listing kept in the cache dir is no sign of a walk)
+                self._maybe_walk(directory)
             break
         assert directory.children is not None
         return directory.children
@@ -280,15 +281,16 @@ class Namespace:
     async def lookup(self, directory: Node, name: str) -> Node | None:
         return (await self.children(directory)).get(name)
 
-    async def _list(self, directory: Node) -> None:
+    async def _list(self, directory: Node) -> bool:
+        """List ``directory``: from the cache dir while that listing is fresh, else from the
+        store; whether the store was listed."""
         if directory.is_pack_dir and self.pack_loader is not None:
             await self.pack_loader(directory, self.key(directory))
-
-            return
+            return False
         with self.changes.listing_from() as since:
-            await self._list_since(directory, since)
+            return await self._list_since(directory, since)
 
-    async def _list_since(self, directory: Node, since: int) -> None:
+    async def _list_since(self, directory: Node, since: int) -> bool:
         path = directory.path()
         if directory.children is None:
             stored = await self.metadata.load(path)
@@ -303,7 +305,7 @@ class Namespace:
                 if self._drop_stale_local(directory):
                     directory.listed_at = NEVER  # list again: the store may have them by now
                 if self.fresh(directory):
-                    return
+                    return False
         prefix = self.dir_prefix(directory)
         try:
             page = await trio.to_thread.run_sync(self.store.list_all, prefix, "/",
@@ -314,7 +316,7 @@ class Namespace:
             self._warn_once("offline", "store unreachable (%s): serving cached listings", e)
             self.offline = True
             directory.listed_at = self.clock() - self.ttl + OFFLINE_RETRY
-            return
+            return False
         except NotFound:
             page = ListPage([], [])
         if self.offline:
@@ -328,10 +330,11 @@ class Namespace:
             if directory.children is None:
                 directory.children = {}
             directory.listed_at = NEVER
-            return
+            return True
         self.merge(directory, prefix, page, entries, since)
         directory.listed_at = self.clock()
         self.metadata.mark(directory)
+        return True
 
     async def _manifest(self, directory: Node, prefix: str,
                         page: ListPage) -> dict[str, Any] | None:
