@@ -88,6 +88,8 @@ from benchlib import (  # noqa: E402
 from benchnet import NETWORKS, Network  # noqa: E402
 from benchreport import Key, Row, summarize, table, write_png  # noqa: E402
 
+from cachefs.daemon.control import read_control  # noqa: E402
+from cachefs.errors import CacheFSError  # noqa: E402
 from tests.servers import KEY_ID, SECRET, SeaweedFS  # noqa: E402
 
 # -- what the maintainer tunes --------------------------------------------------------------
@@ -164,6 +166,15 @@ class CachefsSystem(FsSystem):
             raise BenchError(f"{result.stderr.strip()} {self.log_tail()}".strip())
         self.pid = int(os.getxattr(self.mnt, "user.cachefs.pid"))
         return Target(self.mnt, [self.pid])
+
+    def fetched(self) -> int | None:
+        if self.mnt is None or self.pid is None:
+            return None
+        try:
+            stats = read_control(self.mnt, "stats")
+        except CacheFSError:
+            return None
+        return int(stats["counters"].get("bytes_from_store", 0))
 
     def stop(self, ctx: Ctx) -> None:
         if self.mnt is None or self.pid is None:

@@ -311,6 +311,11 @@ class FsSystem(System):
     def stop(self, ctx: Ctx) -> None:
         """Unmount and wait for the daemon; must raise BenchError on an unclean stop."""
 
+    def fetched(self) -> int | None:
+        """Bytes fetched from the store since the mount, if the system says (None: it does
+        not)."""
+        return None
+
     def states(self, op: str) -> tuple[str, ...]:
         fsop = FS_OPS.get(op)
         if fsop is None or (fsop.writes and not self.writable):
@@ -344,7 +349,11 @@ class FsSystem(System):
                 for state in phase:
                     if state != "hot":
                         ctx.drop_caches()
+                    before = self.fetched()
                     for sample in FS_OPS[op].fn(target, ctx):
+                        after = self.fetched()
+                        if before is not None and after is not None:
+                            sample.fetched, before = after - before, after
                         record(state, sample)
                         ok = ok and sample.ok
                     if not ok:

@@ -50,6 +50,8 @@ class Sample:
     rss_kib: int | None = None
     error: str | None = None
     note: str = ""
+    #: bytes the mount fetched from the store during the sample (cachefs systems only)
+    fetched: int | None = None
 
     @property
     def ok(self) -> bool:

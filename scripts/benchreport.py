@@ -31,6 +31,8 @@ class Row:
     mbps: float | None = None
     files_ps: float | None = None
     rss_mib: float | None = None
+    #: bytes fetched from the store per byte the operation read (median)
+    fetched_ratio: float | None = None
     ratios: list[str] = field(default_factory=list)
 
     @property
@@ -54,6 +56,8 @@ def summarize(results: dict[Key, list[Sample]], ops: dict[str, OpInfo],
                 row.files_ps = statistics.median(s.files / s.seconds for s in good)
             rss = [s.rss_kib for s in good if s.rss_kib]
             row.rss_mib = max(rss) / 1024 if rss else None
+            fetched = [s.fetched / s.nbytes for s in good if s.fetched is not None and s.nbytes]
+            row.fetched_ratio = statistics.median(fetched) if fetched else None
         rows.append(row)
     by_key = {(r.op, r.system, r.state): r for r in rows}
     for row in rows:
@@ -87,16 +91,18 @@ def fmt(value: float | None, digits: int = 2) -> str:
 def table(rows: list[Row]) -> str:
     """One fixed-width table: a row per (operation, system, state)."""
     head = ("operation", "system", "state", "n", "median s", "MB/s", "files/s", "peak RSS MiB",
-            "time vs baseline (lower = faster)")
+            "fetched/read", "time vs baseline (lower = faster)")
     lines = [head]
     for r in rows:
         ok = len(r.samples) - len(r.errors)
         seconds = fmt(r.seconds, 3) if r.seconds is not None else (
             "timeout" if any("timeout" in e for e in r.errors) else "error")
         lines.append((r.op, r.system, r.state, f"{ok}/{len(r.samples)}", seconds, fmt(r.mbps, 1),
-                      fmt(r.files_ps, 0), fmt(r.rss_mib, 0), ", ".join(r.ratios)))
+                      fmt(r.files_ps, 0), fmt(r.rss_mib, 0),
+                      "-" if r.fetched_ratio is None else f"{r.fetched_ratio:.2f}",
+                      ", ".join(r.ratios)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    right = {3, 4, 5, 6, 7}
+    right = {3, 4, 5, 6, 7, 8}
     out = []
     for n, line in enumerate(lines):
         out.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
