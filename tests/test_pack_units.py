@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,20 +69,26 @@ def test_no_frame_holds_two_units(tmp_path: Path) -> None:
     assert len([i for i, u in units.items() if u == {"other"}]) == 1
 
 
-def counters(m: object) -> dict[str, int]:
-    stats = m.control("stats")  # type: ignore[attr-defined]
-    return dict(stats["counters"])
+def counters(m: Any) -> dict[str, int]:
+    return dict(m.control("stats")["counters"])
+
+
+def mounted_pack(seaweed: SeaweedFS, bucket: str, mounter: Mounter,
+                 tmp_path: Path) -> tuple[dict[str, bytes], Any, Path]:
+    """The modules packed as packs/mods, and a fresh mount of the bucket: (files, mount, the
+    pack's directory in it)."""
+    files = make_modules(tmp_path / "src")
+    assert cli("pack", str(tmp_path / "src"), f"s3://{bucket}/packs/mods",
+               env=seaweed.env()).returncode == 0
+    m = mounter(server=seaweed, bucket=bucket)
+    return files, m, m.path / "packs/mods"
 
 
 @pytest.mark.fuse
 @pytest.mark.s3
 def test_reading_some_modules_fetches_those_modules(seaweed: SeaweedFS, bucket: str,
                                                     mounter: Mounter, tmp_path: Path) -> None:
-    files = make_modules(tmp_path / "src")
-    assert cli("pack", str(tmp_path / "src"), f"s3://{bucket}/packs/mods",
-               env=seaweed.env()).returncode == 0
-    m = mounter(server=seaweed, bucket=bucket)
-    root = m.path / "packs/mods"
+    files, m, root = mounted_pack(seaweed, bucket, mounter, tmp_path)
     read = 0
     chosen = [*list(MODULES)[::4], BIG]  # every 4th module, and the one of several frames
     for module in chosen:
@@ -102,12 +109,8 @@ def test_reading_some_modules_fetches_those_modules(seaweed: SeaweedFS, bucket: 
 @pytest.mark.s3
 def test_a_whole_tree_copy_coalesces_across_modules(seaweed: SeaweedFS, bucket: str,
                                                     mounter: Mounter, tmp_path: Path) -> None:
-    files = make_modules(tmp_path / "src")
-    assert cli("pack", str(tmp_path / "src"), f"s3://{bucket}/packs/mods",
-               env=seaweed.env()).returncode == 0
-    m = mounter(server=seaweed, bucket=bucket)
-    subprocess.run(["cp", "-r", str(m.path / "packs/mods"), str(tmp_path / "copy")],
-                   check=True)
+    files, m, root = mounted_pack(seaweed, bucket, mounter, tmp_path)
+    subprocess.run(["cp", "-r", str(root), str(tmp_path / "copy")], check=True)
     for rel, data in files.items():
         assert (tmp_path / "copy" / rel).read_bytes() == data, rel
     c = counters(m)
