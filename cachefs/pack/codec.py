@@ -43,7 +43,7 @@ def compress(data: bytes, level: int = DEFAULT_LEVEL) -> bytes:
     return _compressor(level).compress(data)
 
 
-def decompress(frame: bytes, size: int) -> bytes:
+def decompress(frame: bytes | memoryview, size: int) -> bytes:
     """Decompress one frame of known size; a damaged frame raises ChecksumMismatch."""
     try:
         data = _decompressor().decompress(frame, max_output_size=size)

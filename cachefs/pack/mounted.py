@@ -61,14 +61,9 @@ class PackRef:
 class LoadedPack:
     ref: PackRef
     toc: Toc
-    #: frame index -> the unit (format.unit_of) of the first file stored in it
+    #: frame index -> the unit (format.unit_of) of the first file stored in it (filled by
+    #: Packs.populate, in the pass that makes the nodes)
     units: dict[int, str] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for entry in self.toc.entries:
-            for index, _, _ in entry.extents:
-                if index not in self.units:
-                    self.units[index] = unit_of(entry.path)
 
 
 @dataclasses.dataclass(eq=False)
@@ -244,6 +239,9 @@ class Packs:
                 dirs[entry.path] = node
             elif kind is Kind.FILE:
                 node.pack_file = PackFile(loaded, entry)
+                for index, _, _ in entry.extents:
+                    if index not in loaded.units:
+                        loaded.units[index] = unit_of(entry.path)
 
             parent.children[name] = node
 
@@ -332,14 +330,15 @@ class Packs:
         start = frames[0].offset
         length = frames[-1].offset + frames[-1].clen - start
         what = f"frames {run[0]}-{run[-1]} of {pack.ref.key}"
-        compressed = await self._retrying(what, lambda: self._range(holder, start, length))
+        compressed = memoryview(  # (sliced without copies, on the trio thread)
+            await self._retrying(what, lambda: self._range(holder, start, length)))
         self.stats.count("pack_gets")
         for index, frame in zip(run, frames, strict=True):
             part = compressed[frame.offset - start:frame.offset - start + frame.clen]
             await self._keep_frame(pack, index, holder, part)
 
     async def _keep_frame(self, pack: LoadedPack, index: int, holder: PackRef,
-                          compressed: bytes) -> None:
+                          compressed: bytes | memoryview) -> None:
         """Decompress, check and keep one frame; one that fails is fetched again, once."""
         frame = pack.toc.frames[index]
         for attempt in range(2):
