@@ -28,7 +28,6 @@ page cache, and tc for ``--network``) and ``go``; the scratch dir is removed, al
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -36,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,7 @@ from benchlib import (  # noqa: E402
 )
 from benchnet import NETWORKS, Network  # noqa: E402
 
+from tests.goproxy import _module  # noqa: E402
 from tests.servers import KEY_ID, SECRET, SeaweedFS  # noqa: E402
 
 ROWS = ("local", "tar.zst", "pack", "pack-ro")
@@ -89,18 +88,9 @@ def make_program(goroot: Path, proxy: Path, app: Path) -> int:
     vendor = goroot / "src/cmd/vendor"
     mods = vendored_modules(goroot)
     for path, version, go, _ in mods:
-        d = proxy / path / "@v"
-        d.mkdir(parents=True, exist_ok=True)
-        gomod = f"module {path}\n\ngo {go}\n"
-        (d / "list").write_text(version + "\n")
-        (d / f"{version}.info").write_text(json.dumps({"Version": version,
-                                                       "Time": "2022-01-01T00:00:00Z"}))
-        (d / f"{version}.mod").write_text(gomod)
-        with zipfile.ZipFile(d / f"{version}.zip", "w") as z:
-            z.writestr(f"{path}@{version}/go.mod", gomod)
-            for f in sorted((vendor / path).rglob("*")):
-                if f.is_file():
-                    z.write(f, f"{path}@{version}/{f.relative_to(vendor / path)}")
+        files = {f.relative_to(vendor / path).as_posix(): f.read_bytes()
+                 for f in sorted((vendor / path).rglob("*")) if f.is_file()}
+        _module(proxy, path, version, files, go=f"go {go}\n")
     # Public packages only; x/sys's windows and plan9 have no file for this system.
     imports = [p for *_, pkgs in mods for p in pkgs
                if "internal" not in p.split("/") and p.rsplit("/", 1)[-1] not in

@@ -9,9 +9,11 @@ from pathlib import Path
 GO_MOD_HEADER = "go 1.19\n"
 
 
-def _module(proxy: Path, path: str, version: str, files: dict[str, str],
-            requires: tuple[tuple[str, str], ...] = ()) -> None:
-    gomod = f"module {path}\n\n{GO_MOD_HEADER}" + "".join(
+def _module(proxy: Path, path: str, version: str, files: dict[str, str] | dict[str, bytes],
+            requires: tuple[tuple[str, str], ...] = (), go: str = GO_MOD_HEADER) -> None:
+    """Module ``path`` at ``version`` in the proxy: list, .info, .mod and the zip of
+    ``files`` (name -> body) with its go.mod (``go``: its go directive line)."""
+    gomod = f"module {path}\n\n{go}" + "".join(
         f"\nrequire {r} {v}\n" for r, v in requires)
     d = proxy / path / "@v"
     d.mkdir(parents=True, exist_ok=True)
